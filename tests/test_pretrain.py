@@ -1,0 +1,199 @@
+"""Pre-training: model, batches, trainer, checkpoints and resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_training_overrides
+from safetensors.torch import load_file
+
+from veco2.config import load_config
+from veco2.data.batching import SpecialTokens, StepSampler, collate
+from veco2.errors import Veco2Error
+from veco2.model import Veco2ForPretraining, build_encoder
+from veco2.trainer import pretrain, prepare_data
+
+ABLATIONS = "ablations"
+
+
+def _config(corpus, variant="mlm_seq_tok", **extra):
+    return load_config(f"{ABLATIONS}/{variant}.yaml", overrides=tiny_training_overrides(corpus, **extra))
+
+
+@pytest.fixture(scope="module")
+def prepared(small_corpus_dir, tmp_path_factory):
+    cfg = _config(small_corpus_dir)
+    out = tmp_path_factory.mktemp("prepared")
+    tokenizer, shards = prepare_data(cfg, out)
+    return cfg, tokenizer, shards, out
+
+
+def test_shards_hold_the_corpus_and_mined_spans(prepared):
+    cfg, tokenizer, shards, _ = prepared
+    assert shards.manifest["languages"] == ["en", "de", "zh"]
+    assert shards.num_bi == 800
+    assert shards.manifest["bi"]["de"]["pairs"] == 400
+    assert shards.manifest["bi"]["de"]["share_with_match"] > 0.3
+    # Every stored span points at real subwords of its own side.
+    for i in range(shards.num_bi):
+        src, tgt, spans = shards.bi(i)
+        for s0, s1, t0, t1 in spans:
+            assert 0 <= s0 < s1 <= len(src) and 0 <= t0 < t1 <= len(tgt)
+    assert max(len(shards.mono(i)) for i in range(shards.num_mono)) <= cfg.data.max_length - 2
+
+
+def test_sampler_is_a_pure_function_of_step_and_splits_ranks(prepared):
+    _, _, shards, _ = prepared
+    args = (shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(), 8, 0.5, 3, True, 4)
+    first = StepSampler(*args)
+    steps = [first.indices(s) for s in range(10)]
+    again = StepSampler(*args)
+    for s in (7, 2, 9, 0):  # any order: nothing depends on history
+        assert all(np.array_equal(a, b) for a, b in zip(again.indices(s), steps[s]))
+    rank0, rank1 = StepSampler(*args, rank=0, world=2), StepSampler(*args, rank=1, world=2)
+    mono0, bi0 = rank0.indices(5)
+    mono1, bi1 = rank1.indices(5)
+    assert len(mono0) == len(mono1) == 4 and len(bi0) == len(bi1) == 4
+    assert not set(bi0) & set(bi1)
+
+
+def test_length_bucketing_cuts_padding(prepared):
+    _, _, shards, _ = prepared
+
+    def padding(bucket):
+        sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(), 16, 0.0,
+                              0, bucket, 16)
+        lengths = shards.mono_lengths()
+        pads = []
+        for s in range(32):
+            rows = lengths[sampler.indices(s)[0]]
+            pads.append(1 - rows.sum() / (rows.max() * len(rows)))
+        return float(np.mean(pads))
+
+    assert padding(True) < padding(False) / 2
+
+
+def test_collate_builds_tlm_rows_and_side_views(prepared):
+    cfg, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    mono_idx, bi_idx = np.array([0, 1]), np.array([3, 5, 8])
+    batch = collate(shards, mono_idx, bi_idx, cfg, special, torch.Generator().manual_seed(0))
+    assert batch["input_ids"].shape[0] == 5 and batch["clean_input_ids"].shape[0] == 6
+    for row, i in enumerate(bi_idx):
+        src, tgt, spans = shards.bi(int(i))
+        joint = batch["attention_mask"][2 + row].bool()
+        # The side masks select exactly the source and target tokens of the TLM row.
+        clean = batch["clean_input_ids"]
+        assert clean[row][batch["side_src_valid"][row]].tolist() == src.tolist()
+        assert clean[3 + row][batch["side_tgt_valid"][row]].tolist() == tgt.tolist()
+        assert int(batch["joint_src_mask"][row].sum()) == len(src)
+        assert int(batch["joint_tgt_mask"][row].sum()) == len(tgt)
+        assert not (batch["joint_src_mask"][row] & ~joint).any()
+    # Joint spans index the same token ids as the side spans they came from.
+    unmasked = torch.stack([torch.as_tensor([special.bos, *shards.bi(int(i))[0].tolist(), special.eos, special.eos,
+                                             *shards.bi(int(i))[1].tolist(), special.eos]
+                                            + [special.pad] * (batch["input_ids"].shape[1] - len(shards.bi(int(i))[0]) - len(shards.bi(int(i))[1]) - 4))
+                            for i in bi_idx])
+    for (p, s0, s1, t0, t1), (_, cs0, cs1, ct0, ct1) in zip(batch["joint_spans"].tolist(), batch["side_spans"].tolist()):
+        assert unmasked[p, s0:s1].tolist() == batch["clean_input_ids"][p, cs0:cs1].tolist()
+        assert unmasked[p, t0:t1].tolist() == batch["clean_input_ids"][3 + p, ct0:ct1].tolist()
+    assert len(batch["joint_spans"]) > 0
+
+
+def test_separate_bilingual_mode_reuses_the_main_pass(prepared):
+    cfg, tokenizer, shards, _ = prepared
+    cfg.objectives.mlm.bilingual = "separate"
+    cfg.objectives.tok.encoding = "separate"
+    try:
+        batch = collate(shards, np.array([0]), np.array([1, 2]), cfg, SpecialTokens.of(tokenizer),
+                        torch.Generator().manual_seed(0))
+    finally:
+        cfg.objectives.mlm.bilingual = "tlm"
+        cfg.objectives.tok.encoding = "joint"
+    assert "clean_input_ids" not in batch
+    assert batch["input_ids"].shape[0] == 5
+    assert batch["side_src_rows"].tolist() == [1, 2] and batch["side_tgt_rows"].tolist() == [3, 4]
+
+
+def test_sparse_mlm_loss_equals_the_hf_full_vocabulary_loss(prepared):
+    cfg, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    torch.manual_seed(0)
+    encoder = build_encoder(cfg.model, len(tokenizer), special.pad).eval()
+    batch = collate(shards, np.arange(4), np.arange(4), cfg, special, torch.Generator().manual_seed(1))
+    sparse = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=True)
+    full = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=False)
+    hf = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    torch.testing.assert_close(sparse(batch)["mlm"], hf, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full(batch)["mlm"], hf, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrain_writes_a_model_that_plain_transformers_loads(small_corpus_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    cfg = _config(small_corpus_dir, **{"training.max_steps": 4})
+    summary = pretrain(cfg, tmp_path)
+    assert (tmp_path / "DONE").exists() and (tmp_path / "model" / "model.safetensors").exists()
+    encoder = AutoModel.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    torch.testing.assert_close(encoder.embeddings.word_embeddings.weight,
+                               saved["roberta.embeddings.word_embeddings.weight"])
+    out = encoder(**tokenizer(["Öffnen Sie das Dokument."], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == 32
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4]
+    assert {"loss_mlm", "loss_seq", "loss_tok", "lr", "grad_norm", "tokens_per_s", "padding_share"} <= set(metrics[0])
+    assert summary["provenance"]["git_commit"]
+    assert set(summary["retrieval"]["accuracy"]) == {"de", "zh", "mean"}
+    assert (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("variant,extra", [
+    ("mlm_seq_tok", {}),
+    ("mlm_seq", {"objectives.seq.negatives": "queue", "objectives.seq.queue_size": 64}),
+])
+def test_killed_and_resumed_run_ends_bit_identical(prepared, small_corpus_dir, tmp_path, variant, extra):
+    # Shared tokenizer and shards: the tokenizers library's Unigram trainer is not bit-reproducible
+    # across runs, so a study trains its tokenizer once (see veco2.data.tokenizer).
+    data_dir = prepared[3]
+    cfg = _config(small_corpus_dir, variant, **extra, **{"data.tokenizer": data_dir / "tokenizer",
+                                                         "data.shard_dir": data_dir / "shards"})
+    pretrain(cfg, tmp_path / "straight")
+    # Interrupted twice: after 5 steps (checkpoint at 4), then after 3 more (checkpoint at 8).
+    assert pretrain(cfg, tmp_path / "resumed", stop_after=5) == {"stopped_at": 5}
+    assert pretrain(cfg, tmp_path / "resumed", stop_after=4) == {"stopped_at": 8}
+    pretrain(cfg, tmp_path / "resumed")
+    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_a_second_run_on_the_same_directory_is_refused(small_corpus_dir, tmp_path):
+    from veco2.trainer import exclusive_directory
+
+    with exclusive_directory(tmp_path):
+        with pytest.raises(Veco2Error, match="another veco2 run"):
+            pretrain(_config(small_corpus_dir), tmp_path)
+
+
+def test_nonfinite_losses_are_skipped_then_stop_training(small_corpus_dir, tmp_path, monkeypatch, caplog):
+    cfg = _config(small_corpus_dir, **{"training.max_nonfinite_skips": 2, "training.max_steps": 20})
+    original = Veco2ForPretraining.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        losses = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] > 5:  # steps 0-4 are fine, a checkpoint is written at step 4
+            losses["tok"] = losses["tok"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Veco2ForPretraining, "forward", poisoned)
+    with pytest.raises(Veco2Error, match=r"step 7: tok is nan; stopping after 3 non-finite steps"):
+        pretrain(cfg, tmp_path)
+    assert "step 5: tok is nan; step skipped" in caplog.text
+    assert (tmp_path / "checkpoints" / "step-000000004").is_dir()

@@ -1,0 +1,113 @@
+"""The ``veco2`` command line.
+
+Every sub-command is a thin wrapper over a function of the package, so the Snakemake rules, the
+notebooks and the tests call the same code.  User errors (:class:`~veco2.errors.Veco2Error`) are
+printed as one line and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import Veco2Error
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="config file(s), later ones override earlier ones (e.g. a scale profile, then "
+                             "an ablation variant)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides such as training.max_steps=100 objectives.seq.weight=0.5")
+
+
+def _load(args) -> "Config":  # noqa: F821
+    from .config import load_config
+
+    return load_config(*args.config, overrides=args.overrides)
+
+
+def cmd_pretrain(args) -> None:
+    from .trainer import pretrain
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("results/pretrain") / cfg.name
+    summary = pretrain(cfg, out)
+    if summary:
+        retrieval = summary["retrieval"]["accuracy"].get("mean")
+        print(f"{out}: {summary['steps']} steps, final losses {summary['final_losses']}, "
+              f"held-out retrieval accuracy {retrieval if retrieval is None else round(retrieval, 2)}")
+
+
+def cmd_data_prepare(args) -> None:
+    from .trainer import prepare_data
+
+    cfg = _load(args)
+    tokenizer, shards = prepare_data(cfg, Path(args.out))
+    print(f"{args.out}: tokenizer with {len(tokenizer)} pieces; {shards.num_mono} monolingual and "
+          f"{shards.num_bi} bilingual instances in {shards.root}")
+
+
+def cmd_data_build_demo(args) -> None:
+    from .data import demo_build
+
+    demo_build.main(args.rest)
+
+
+def cmd_data_build_demo_tasks(args) -> None:
+    from .data import demo_tasks
+
+    demo_tasks.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="veco2", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--log-level", default=os.environ.get("VECO2_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="corpus, tokenizer and shards").add_subparsers(dest="data_command",
+                                                                                        required=True)
+    prepare = data.add_parser("prepare", help="train/load the tokenizer and build the pre-tokenized shards")
+    _config_arguments(prepare)
+    prepare.add_argument("--out", required=True, help="directory for tokenizer/ and shards/")
+    prepare.set_defaults(func=cmd_data_prepare)
+    for name, func, text in (("build-demo", cmd_data_build_demo, "rebuild the embedded demo corpus from Debian packages"),
+                             ("build-demo-tasks", cmd_data_build_demo_tasks, "rebuild the embedded demo XTREME task data")):
+        sub = data.add_parser(name, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=func)
+
+    pretrain = commands.add_parser("pretrain", help="pre-train (or resume) one model variant")
+    _config_arguments(pretrain)
+    pretrain.add_argument("--out", help="output directory (default results/pretrain/NAME)")
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    from .xtreme import cli as xtreme_cli
+
+    xtreme_cli.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except Veco2Error as err:
+        if args.debug:
+            raise
+        print(f"veco2: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("veco2: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Typed run configuration: dataclasses loaded from YAML, with ``key.path=value`` overrides.
+
+A config is built in three layers, later ones winning:
+
+1. the dataclass defaults below (the documented defaults of every option);
+2. YAML files (an ablation variant such as ``ablations/mlm_seq_tok.yaml``, a scale profile, ...);
+3. overrides ``section.key=value`` from the command line or from Snakemake's config.
+
+Unknown keys and bad values fail at once with a :class:`~veco2.errors.ConfigError` that names the
+key, the file it came from and the allowed values.  The resolved config is saved next to every
+output it produced (:func:`save_config`).
+
+Options marked *reconstruction* are choices the VECO 2.0 paper (arXiv 2304.08205) does not
+publish; their defaults are this suite's best guess, and the ablation/sweep machinery explores
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class ModelConfig:
+    size: Literal["tiny", "small", "base", "large"] = "tiny"
+    """Architecture preset (see ``veco2.model.SIZES``); ignored when ``init_from`` is set."""
+    init_from: str | None = None
+    """Initialise from a Hugging Face checkpoint (hub name such as ``xlm-roberta-base`` or a local
+    path) instead of random weights."""
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    intermediate_size: int | None = None
+    dropout: float = 0.1
+    max_positions: int = 514
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    sparse_mlm_head: bool = True
+    """Apply the MLM output layer only at masked positions (False: the full-vocabulary HF head at
+    every position, kept for benchmarking against the plain way)."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "demo"
+    """``demo`` (the embedded corpus), or a directory in the same layout
+    (``parallel/{train,dev,test}/en-LANG.tsv[.gz]``, ``mono/LANG.txt[.gz]``, ``dict/en-LANG.tsv[.gz]``)."""
+    languages: list[str] = field(default_factory=list)
+    """Non-English languages to use; empty = every language the corpus has."""
+    tokenizer: str = "train"
+    """``train``: train a Unigram tokenizer on the corpus; otherwise a tokenizer path or hub name."""
+    vocab_size: int = 8000
+    max_length: int = 128
+    """Maximum tokens of one side of an instance (a TLM instance holds two sides)."""
+    bilingual_ratio: float = 0.5
+    """Share of bilingual (parallel-pair) instances in each batch; the rest are monolingual."""
+    bucket_by_length: bool = True
+    """Group instances of similar length into a batch to cut padding."""
+    bucket_window: int = 64
+    """How many batches' worth of instances are sorted together when bucketing."""
+    shard_dir: str | None = None
+    """Where the pre-tokenized shards live (default: ``<out_dir>/shards``)."""
+    num_workers: int = 0
+
+
+@dataclass
+class MaskedLMConfig:
+    weight: float = 1.0
+    rate: float = 0.15
+    mask_prob: float = 0.8
+    random_prob: float = 0.1
+    bilingual: Literal["tlm", "separate"] = "tlm"
+    """How bilingual instances are encoded for MLM: ``tlm`` concatenates the pair into one sequence
+    (XLM's TLM); ``separate`` masks each side as its own sequence."""
+
+
+@dataclass
+class SequenceContrastiveConfig:
+    weight: float = 0.0
+    """λ_seq; 0 switches the objective off."""
+    temperature: float = 0.05
+    """τ_seq (reconstruction)."""
+    pooling: Literal["mean", "cls"] = "mean"
+    layer: int = -1
+    """Hidden layer to pool (0 = embeddings, -1 = last) (reconstruction)."""
+    projection: int | None = None
+    symmetric: bool = True
+    negatives: Literal["in_batch", "gather", "queue"] = "gather"
+    queue_size: int = 131072
+    momentum: float = 0.999
+    encoding: Literal["separate", "joint"] = "separate"
+    """``separate``: each side encoded on its own (an extra clean pass unless ``mlm.bilingual`` is
+    ``separate``, whose passes are reused); ``joint``: pool each side of the TLM pass (cheaper,
+    but the sides see each other) (reconstruction)."""
+
+
+@dataclass
+class TokenContrastiveConfig:
+    weight: float = 0.0
+    """λ_tok; 0 switches the objective off."""
+    temperature: float = 0.1
+    """τ_tok (reconstruction)."""
+    subword_pooling: Literal["mean", "first"] = "mean"
+    negatives: Literal["other_side", "both_sides"] = "other_side"
+    exclude_other_matched: bool = False
+    symmetric: bool = True
+    layer: int = -1
+    projection: int | None = None
+    encoding: Literal["joint", "separate"] = "joint"
+    """``joint``: token vectors from the bilingual instance's TLM pass (the abstract's "inside one
+    bilingual instance"); ``separate``: from per-side passes (reconstruction)."""
+
+
+@dataclass
+class ObjectivesConfig:
+    mlm: MaskedLMConfig = field(default_factory=MaskedLMConfig)
+    seq: SequenceContrastiveConfig = field(default_factory=SequenceContrastiveConfig)
+    tok: TokenContrastiveConfig = field(default_factory=TokenContrastiveConfig)
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = 0
+    batch_size: int = 32
+    """Instances per optimizer step and process, before gradient accumulation."""
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 20
+    max_steps: int = 200
+    max_tokens: int | None = None
+    """Token budget (non-pad input tokens); training stops at whichever of max_steps/max_tokens
+    comes first."""
+    clip_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    fused_adamw: bool = False
+    compile: bool = False
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    checkpoint_dir: str | None = None
+    """Rolling checkpoints (default ``<out_dir>/checkpoints``); resume is automatic."""
+    log_every: int = 10
+    max_nonfinite_skips: int = 5
+    """Steps with a NaN/inf loss or gradient that are skipped (with a warning) before training stops."""
+    tensorboard: bool = True
+    peak_flops: float | None = None
+    """Dense peak FLOP/s of the device for MFU (default: looked up from the GPU name)."""
+
+
+@dataclass
+class EvaluationConfig:
+    retrieval_layer: int | None = None
+    """Layer for sentence retrieval (None: about 2/3 of the depth, as XTREME's 8 of 12)."""
+    retrieval_pooling: Literal["mean", "cls"] = "mean"
+    heldout_pairs: int = 500
+    """Held-out en–X dev pairs per language for the retrieval check after pre-training."""
+
+
+@dataclass
+class Config:
+    name: str = "unnamed"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints accepted for floats)."""
+    origin = typing.get_origin(tp)
+    fail = ConfigError(f"{source}: {key}: got {value!r}, expected {_describe(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise fail
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is list:
+        if not isinstance(value, list):
+            raise fail
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise fail
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
+    """Merge a nested dict into a dataclass instance in place, strictly."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {path!r}; allowed keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, source, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path, source))
+
+
+def _get(cfg: Config, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+_POSITIVE = ("data.vocab_size", "data.max_length", "data.bucket_window", "training.batch_size",
+             "training.grad_accum", "training.max_steps", "training.max_tokens", "training.checkpoint_every",
+             "training.keep_checkpoints", "training.log_every", "model.hidden_size", "model.num_layers",
+             "model.num_heads", "model.intermediate_size", "objectives.seq.temperature",
+             "objectives.tok.temperature", "objectives.seq.queue_size", "evaluation.heldout_pairs")
+_NON_NEGATIVE = ("training.lr", "training.weight_decay", "training.warmup_steps", "training.clip_grad_norm",
+                 "objectives.mlm.weight", "objectives.seq.weight", "objectives.tok.weight",
+                 "training.max_nonfinite_skips", "data.num_workers")
+_FRACTIONS = ("data.bilingual_ratio", "objectives.mlm.rate", "objectives.seq.momentum", "model.dropout")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Value checks that types cannot express."""
+    for path in _POSITIVE:
+        value = _get(cfg, path)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config: {path}: got {value!r}, must be > 0")
+    for path in _NON_NEGATIVE:
+        value = _get(cfg, path)
+        if value < 0:
+            raise ConfigError(f"config: {path}: got {value!r}, must be >= 0")
+    for path in _FRACTIONS:
+        value = _get(cfg, path)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config: {path}: got {value!r}, must be between 0 and 1")
+    if cfg.objectives.mlm.mask_prob + cfg.objectives.mlm.random_prob > 1.0:
+        raise ConfigError("config: objectives.mlm.mask_prob + objectives.mlm.random_prob must be <= 1")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], value) with the value parsed as YAML (so 1e-4, true, null work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    nested: Any = value
+    for part in reversed(path):
+        nested = {part: nested}
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(*paths: str | Path, overrides: list[str] | dict | None = None) -> Config:
+    """Build a :class:`Config` from defaults, YAML files (in order) and overrides.
+
+    ``overrides`` is a list of ``key.path=value`` strings (command line) or a nested dict
+    (Snakemake config).
+    """
+    cfg = Config()
+    for path in paths:
+        _merge(cfg, read_yaml(path), str(path))
+    if isinstance(overrides, dict):
+        _merge(cfg, overrides, "overrides")
+    else:
+        for text in overrides or []:
+            key, value = parse_override(text)
+            _merge(cfg, _nest(key, value), f"override {text!r}")
+    _check_ranges(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    cfg = Config()
+    _merge(cfg, data, source)
+    _check_ranges(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .fileio import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

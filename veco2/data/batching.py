@@ -1,0 +1,185 @@
+"""Batches for pre-training: which instances go into step ``s`` and how they become tensors.
+
+**Sampling is a pure function of (seed, step, rank)**, so a resumed run sees exactly the batches
+the uninterrupted run would have seen; the only "data position" a checkpoint needs is the step.
+Each step takes ``round(batch_size · bilingual_ratio)`` bilingual instances and fills the rest
+with monolingual ones, from two independent streams (a fresh seeded permutation per epoch).  With
+``bucket_by_length`` the instances of ``bucket_window`` consecutive global batches are sorted by
+length and cut into batches of similar length (whose order is then shuffled), to cut padding.
+
+The collator (:func:`collate`) builds the tensors :class:`veco2.model.Veco2ForPretraining` reads:
+
+================================  ===========================================================
+``input_ids, attention_mask``     the *main* pass: monolingual rows, then bilingual rows
+``labels``                        MLM labels of the main pass (-100 where not masked)
+``pair_rows``                     main-pass row of each pair's TLM instance (``mlm.bilingual=tlm``)
+``joint_src_mask/_tgt_mask``      [N, T_main] content tokens of each side inside the TLM row
+``joint_spans``                   [P, 5] synonym spans in TLM-row coordinates
+``clean_input_ids, clean_...``    unmasked sides ``<s> x </s>`` / ``<s> y </s>`` (2N rows), when needed
+``side_src_rows, side_tgt_rows``  rows of the separately encoded sides (clean pass if present, else main)
+``side_src_mask/_tgt_mask``       [N, T] attention masks of those rows (sentence pooling)
+``side_src_valid/_tgt_valid``     [N, T] content tokens of those rows (token loss)
+``side_spans``                    [P, 5] synonym spans in side-row coordinates
+================================  ===========================================================
+
+XLM-R layout: a monolingual row is ``<s> x </s>``, a TLM row ``<s> x </s></s> y </s>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..objectives import mask_tokens
+from .shards import PretrainingShards
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: int
+    eos: int
+    pad: int
+    mask: int
+    vocab_size: int
+
+    @classmethod
+    def of(cls, tokenizer) -> "SpecialTokens":
+        return cls(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+                   tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+                   tokenizer.pad_token_id, tokenizer.mask_token_id, len(tokenizer))
+
+
+def needs_clean_pass(cfg: Config) -> bool:
+    """Whether the contrastive terms need unmasked, separately encoded sides."""
+    obj = cfg.objectives
+    if obj.seq.weight > 0 and obj.seq.negatives == "queue":
+        return True  # the momentum encoder encodes clean sides
+    if obj.mlm.bilingual == "separate":
+        return False  # the separately masked sides of the main pass are reused
+    return (obj.seq.weight > 0 and obj.seq.encoding == "separate") or (
+        obj.tok.weight > 0 and obj.tok.encoding == "separate")
+
+
+class StepSampler:
+    """Instance indices of step ``s`` for process ``rank`` of ``world``."""
+
+    def __init__(self, num_mono: int, num_bi: int, mono_lengths: np.ndarray, bi_lengths: np.ndarray,
+                 batch_size: int, bilingual_ratio: float, seed: int, bucket_by_length: bool,
+                 bucket_window: int, rank: int = 0, world: int = 1):
+        self.n_bi = round(batch_size * bilingual_ratio) if num_bi else 0
+        self.n_mono = batch_size - self.n_bi if num_mono else 0
+        if self.n_bi + self.n_mono == 0:
+            raise ValueError("empty batches: no monolingual and no bilingual instances")
+        self.streams = {"mono": (num_mono, mono_lengths), "bi": (num_bi, bi_lengths)}
+        self.seed, self.rank, self.world = seed, rank, world
+        self.bucket = bucket_by_length
+        self.window = bucket_window if bucket_by_length else 1
+        self._cache: dict[tuple[str, int], list[np.ndarray]] = {}
+
+    def _stream(self, kind: str, start: int, count: int) -> np.ndarray:
+        """Elements ``start .. start+count`` of the endless stream of per-epoch permutations."""
+        size, _ = self.streams[kind]
+        positions = np.arange(start, start + count)
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(positions // size):
+            perm = np.random.default_rng([self.seed, 0 if kind == "mono" else 1, int(epoch)]).permutation(size)
+            sel = positions // size == epoch
+            out[sel] = perm[positions[sel] % size]
+        return out
+
+    def _window_batches(self, kind: str, window: int, per_step: int) -> list[np.ndarray]:
+        key = (kind, window)
+        if key not in self._cache:
+            global_batch = per_step * self.world
+            stream = self._stream(kind, window * self.window * global_batch, self.window * global_batch)
+            if self.bucket:
+                _, lengths = self.streams[kind]
+                stream = stream[np.argsort(lengths[stream], kind="stable")]
+            batches = [stream[i * global_batch:(i + 1) * global_batch] for i in range(self.window)]
+            order = np.random.default_rng([self.seed, 2, window]).permutation(self.window)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}  # keep one window per kind
+            self._cache[key] = [batches[i] for i in order]
+        return self._cache[key]
+
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for kind, per_step in (("mono", self.n_mono), ("bi", self.n_bi)):
+            if per_step == 0:
+                out.append(np.empty(0, dtype=np.int64))
+                continue
+            batch = self._window_batches(kind, step // self.window, per_step)[step % self.window]
+            out.append(batch[self.rank * per_step:(self.rank + 1) * per_step])
+        return out[0], out[1]
+
+
+def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def _content_mask(starts: list[int], lengths: list[int], width: int) -> torch.Tensor:
+    positions = torch.arange(width)
+    starts_t = torch.as_tensor(starts).unsqueeze(1)
+    return (positions >= starts_t) & (positions < starts_t + torch.as_tensor(lengths).unsqueeze(1))
+
+
+def _spans(pairs_spans: list[np.ndarray], src_shift: list[int], tgt_shift: list[int]) -> torch.Tensor:
+    rows = [(i, s0 + src_shift[i], s1 + src_shift[i], t0 + tgt_shift[i], t1 + tgt_shift[i])
+            for i, spans in enumerate(pairs_spans) for s0, s1, t0, t1 in spans.tolist()]
+    return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), 5)
+
+
+def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray, cfg: Config,
+            special: SpecialTokens, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Tensors of one batch; masking draws from ``generator`` (seeded per step by the trainer)."""
+    bos, eos, pad = special.bos, special.eos, special.pad
+    mono = [[bos, *shards.mono(int(i)).tolist(), eos] for i in mono_idx]
+    pairs = [shards.bi(int(i)) for i in bi_idx]
+    src = [p[0].tolist() for p in pairs]
+    tgt = [p[1].tolist() for p in pairs]
+    n = len(pairs)
+    tlm = cfg.objectives.mlm.bilingual == "tlm"
+    if tlm:
+        bilingual_rows = [[bos, *x, eos, eos, *y, eos] for x, y in zip(src, tgt)]
+    else:
+        bilingual_rows = [[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt]
+    input_ids, attention_mask = _pad(mono + bilingual_rows, pad)
+    special_mask = (input_ids == bos) | (input_ids == eos) | (input_ids == pad)
+    masked, labels = mask_tokens(input_ids, special_mask, mask_token_id=special.mask, vocab_size=special.vocab_size,
+                                 rate=cfg.objectives.mlm.rate, mask_prob=cfg.objectives.mlm.mask_prob,
+                                 random_prob=cfg.objectives.mlm.random_prob, generator=generator)
+    batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+    if n == 0 or (cfg.objectives.seq.weight == 0 and cfg.objectives.tok.weight == 0):
+        return batch
+
+    src_len, tgt_len = [len(x) for x in src], [len(y) for y in tgt]
+    if tlm:
+        width = input_ids.shape[1]
+        tgt_start = [lx + 3 for lx in src_len]
+        batch["pair_rows"] = torch.arange(len(mono), len(mono) + n)
+        batch["joint_src_mask"] = _content_mask([1] * n, src_len, width)
+        batch["joint_tgt_mask"] = _content_mask(tgt_start, tgt_len, width)
+        batch["joint_spans"] = _spans([p[2] for p in pairs], [1] * n, tgt_start)
+    if needs_clean_pass(cfg):
+        clean_ids, clean_mask = _pad([[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt], pad)
+        batch["clean_input_ids"], batch["clean_attention_mask"] = clean_ids, clean_mask
+        side_rows, side_mask = torch.arange(2 * n), clean_mask
+    elif not tlm:
+        side_rows, side_mask = torch.arange(len(mono), len(mono) + 2 * n), attention_mask
+    else:
+        return batch  # only joint views are used
+    width = side_mask.shape[1]
+    batch["side_src_rows"], batch["side_tgt_rows"] = side_rows[:n], side_rows[n:]
+    batch["side_src_mask"], batch["side_tgt_mask"] = side_mask[side_rows[:n]], side_mask[side_rows[n:]]
+    batch["side_src_valid"] = _content_mask([1] * n, src_len, width)
+    batch["side_tgt_valid"] = _content_mask([1] * n, tgt_len, width)
+    batch["side_spans"] = _spans([p[2] for p in pairs], [1] * n, [1] * n)
+    return batch

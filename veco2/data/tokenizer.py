@@ -1,0 +1,174 @@
+"""SentencePiece-style Unigram tokenizer in the XLM-R layout, trained with Hugging Face ``tokenizers``.
+
+VECO 2.0 continues training from VECO-large, whose vocabulary is the 250,002-piece SentencePiece
+Unigram model of XLM-R.  Real runs load that tokenizer from the hub (:func:`load_tokenizer`); the
+offline demo and small-scale ablations train a small vocabulary of the same kind on their own corpus
+(:func:`train_unigram_tokenizer`), so that every downstream component sees the same conventions:
+
+- model: Unigram language model over subword pieces (Kudo 2018), as SentencePiece ``--model_type=unigram``;
+- normaliser: NFKC (XLM-R uses SentencePiece's ``nmt_nfkc`` map, which is NFKC plus control-character
+  clean-up; plain NFKC is the documented approximation here);
+- pre-tokeniser: Metaspace -- spaces become ``▁`` and a ``▁`` is prepended to the text, so pieces can
+  span no word boundary except by starting with ``▁``;
+- special tokens, XLM-R ids: ``<s>`` = 0, ``<pad>`` = 1, ``</s>`` = 2, ``<unk>`` = 3, ``<mask>`` = last id;
+- post-processor: ``<s> A </s>`` for one text and ``<s> A </s></s> B </s>`` for a pair (RoBERTa / XLM-R).
+
+The result is saved with ``save_pretrained`` (``tokenizer.json`` + ``tokenizer_config.json``), so that
+``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it without importing veco2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
+#: Special tokens that take the first ids, in XLM-R order; ``<mask>`` is appended after training.
+LEADING_SPECIAL_TOKENS = (BOS, PAD, EOS, UNK)
+#: Piece log-probabilities are rounded to this many decimals (see ``_canonical_piece_order``).
+SCORE_DECIMALS = 8
+
+
+def train_unigram_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path | None = None,
+    *,
+    max_piece_length: int = 16,
+    shrinking_factor: float = 0.75,
+    n_sub_iterations: int = 2,
+    model_max_length: int = 512,
+):
+    """Train a Unigram tokenizer on ``texts`` and return it as a ``transformers`` fast tokenizer.
+
+    Args:
+        texts: training sentences (any iterable; it is read once into memory so that the training is
+            repeatable and independent of the iterable's laziness).
+        vocab_size: total vocabulary size *including* the five special tokens.  The Unigram trainer may
+            stop below it on a tiny corpus (it cannot invent pieces).
+        out_dir: if given, ``save_pretrained(out_dir)`` is called.
+        max_piece_length, shrinking_factor, n_sub_iterations: Unigram trainer settings (SentencePiece's
+            defaults: 16, 0.75, 2).
+        model_max_length: recorded in ``tokenizer_config.json`` (XLM-R: 512).
+
+    Deterministic: the same texts and settings give the same ``tokenizer.json`` (checked by the tests).
+    Training runs with ``tokenizers`` parallelism switched off for the duration of the call, and the
+    trained pieces are put in a canonical order with rounded scores (:func:`_canonical_piece_order`),
+    because the trainer's hash maps make tie order and the last bits of the scores run-dependent.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [text for text in texts if text]
+    if not texts:
+        raise ValueError("train_unigram_tokenizer: no non-empty training text")
+    if vocab_size <= len(LEADING_SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for pieces after the special tokens")
+
+    backend = Tokenizer(models.Unigram())
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - 1,  # the last id is reserved for <mask>
+        special_tokens=list(LEADING_SPECIAL_TOKENS),
+        unk_token=UNK,
+        shrinking_factor=shrinking_factor,
+        max_piece_length=max_piece_length,
+        n_sub_iterations=n_sub_iterations,
+        show_progress=False,
+    )
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    backend = _canonical_piece_order(backend)
+    backend.add_special_tokens([MASK])  # XLM-R puts <mask> after every piece
+
+    ids = {token: backend.token_to_id(token) for token in (*LEADING_SPECIAL_TOKENS, MASK)}
+    expected = {BOS: 0, PAD: 1, EOS: 2, UNK: 3, MASK: backend.get_vocab_size() - 1}
+    if ids != expected:  # a tokenizers release that orders specials differently must not pass silently
+        raise RuntimeError(f"special token ids {ids} differ from the XLM-R layout {expected}")
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}",
+        pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
+        special_tokens=[(BOS, ids[BOS]), (EOS, ids[EOS])],
+    )
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        sep_token=EOS,
+        cls_token=BOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        mask_token=MASK,
+        model_max_length=model_max_length,
+    )
+    if out_dir is not None:
+        tokenizer.save_pretrained(str(out_dir))
+        _portable_tokenizer_class(Path(out_dir) / "tokenizer_config.json")
+    return tokenizer
+
+
+def _portable_tokenizer_class(config_path: Path) -> None:
+    """Name the class ``PreTrainedTokenizerFast`` in ``tokenizer_config.json``.
+
+    transformers 5 writes its internal class name (``TokenizersBackend``), which transformers 4 cannot
+    resolve; ``PreTrainedTokenizerFast`` loads ``tokenizer.json`` as-is in both major versions.
+    """
+    from ..fileio import read_json, write_json
+
+    config = read_json(config_path)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    write_json(config_path, config)
+
+
+def _canonical_piece_order(backend: Tokenizer) -> Tokenizer:
+    """Re-order the trained pieces by (score descending, piece) after the leading special tokens.
+
+    The Unigram trainer collects pieces in a hash map, so pieces with equal scores come out in a
+    run-dependent order, and its expected counts are summed in hash-map order, so scores differ in the
+    last bits (~1e-15) between runs.  Scores are therefore rounded to ``SCORE_DECIMALS`` decimals (far
+    below any difference that changes a segmentation) and pieces sorted, which makes ``tokenizer.json``
+    a function of the corpus alone.
+    """
+    state = json.loads(backend.to_str())
+    vocab = state["model"]["vocab"]
+    head, rest = vocab[: len(LEADING_SPECIAL_TOKENS)], vocab[len(LEADING_SPECIAL_TOKENS) :]
+    if [piece for piece, _ in head] != list(LEADING_SPECIAL_TOKENS):
+        raise RuntimeError(f"unexpected leading pieces {head}: the trainer changed its special-token layout")
+    rest = [[piece, round(score, SCORE_DECIMALS)] for piece, score in rest]
+    state["model"]["vocab"] = head + sorted(rest, key=lambda entry: (-entry[1], entry[0]))
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """Load a fast tokenizer from a local directory (e.g. one written by :func:`train_unigram_tokenizer`)
+    or from the Hugging Face hub by name (e.g. ``xlm-roberta-base``; needs network unless cached).
+
+    A slow (Python) tokenizer is refused: span mining needs character offsets.
+    """
+    from transformers import AutoTokenizer
+
+    from ..errors import Veco2Error
+
+    path = Path(name_or_path)
+    if path.exists() and not path.is_dir():
+        raise Veco2Error(f"{path}: a tokenizer must be a directory written by save_pretrained, not a file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    except OSError as err:
+        raise Veco2Error(f"cannot load tokenizer {name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise Veco2Error(f"tokenizer {name_or_path!r} is not a fast tokenizer (offset mapping is needed)")
+    return tokenizer

@@ -1,0 +1,201 @@
+"""The pre-training model: an XLM-R encoder with a sparse MLM head and the two contrastive terms.
+
+Read top to bottom:
+
+1. :data:`SIZES` and :func:`build_encoder` make an ``XLMRobertaForMaskedLM`` from a size preset
+   or load one from any Hugging Face checkpoint.  It is saved with ``save_pretrained``
+   (safetensors), so ``transformers.AutoModel.from_pretrained(path)`` loads the encoder with no
+   veco2 code.
+2. :class:`Veco2ForPretraining` runs the encoder passes a batch needs and returns each loss term.
+   A batch (built by ``veco2.data.batching``) holds one *main* pass of masked sequences
+   (monolingual instances, plus bilingual instances as TLM concatenations or as separately masked
+   sides) and, when a contrastive term asks for clean separately encoded sides, one *clean* pass.
+   The contrastive terms reuse the hidden states of the main pass wherever the options allow.
+
+Loss: L = w_mlm · L_mlm + λ_seq · L_seq + λ_tok · L_tok (see ``veco2.objectives``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM
+
+from .config import ModelConfig, ObjectivesConfig
+from .errors import Veco2Error
+from .objectives import MaskedLM, SequenceContrastive, TokenContrastive, momentum_update
+
+# hidden, layers, heads, feed-forward.  base/large are XLM-R's; tiny/small are for CPU demos and tests.
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (128, 4, 4, 512),
+    "small": (384, 6, 6, 1536),
+    "base": (768, 12, 12, 3072),
+    "large": (1024, 24, 16, 4096),
+}
+
+
+def build_encoder(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> XLMRobertaForMaskedLM:
+    """A randomly initialised XLM-R MLM model of ``cfg.size``, or the checkpoint ``cfg.init_from``."""
+    if cfg.init_from:
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(cfg.init_from, attn_implementation=cfg.attn_implementation)
+        except (OSError, ValueError) as err:
+            raise Veco2Error(f"model.init_from={cfg.init_from!r}: cannot load a masked-LM checkpoint: "
+                             f"{str(err).splitlines()[0]}") from None
+        if model.get_input_embeddings().num_embeddings < vocab_size:
+            raise Veco2Error(f"model.init_from={cfg.init_from!r} has a vocabulary of "
+                             f"{model.get_input_embeddings().num_embeddings} but the tokenizer has {vocab_size}; "
+                             "use the checkpoint's own tokenizer (data.tokenizer)")
+        return model
+    hidden, layers, heads, ffn = SIZES[cfg.size]
+    config = XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size or hidden,
+        num_hidden_layers=cfg.num_layers or layers,
+        num_attention_heads=cfg.num_heads or heads,
+        intermediate_size=cfg.intermediate_size or ffn,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=cfg.max_positions,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+        tie_word_embeddings=True,
+    )
+    if config.hidden_size % config.num_attention_heads:
+        raise Veco2Error(f"model: hidden_size {config.hidden_size} is not divisible by num_heads "
+                         f"{config.num_attention_heads}")
+    config._attn_implementation = cfg.attn_implementation
+    return XLMRobertaForMaskedLM(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(encoder: XLMRobertaForMaskedLM, seq_len: float, masked_share: float) -> float:
+    """Training FLOPs per non-pad token, SPEC section 3: 6·N + 12·L·d·T.
+
+    N counts the parameters that take part in a matmul for a token: the encoder layers for every
+    token, the MLM head (dense + vocabulary projection) only at masked positions.  Embedding
+    look-ups are not matmuls.
+    """
+    cfg = encoder.config
+    d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    per_layer = 4 * d * d + 2 * d * cfg.intermediate_size
+    head = d * d + d * vocab
+    n = layers * per_layer + masked_share * head
+    return 6 * n + 12 * layers * d * seq_len
+
+
+@dataclass
+class PairView:
+    """Both sides of the bilingual pairs of a batch, as one contrastive objective sees them."""
+
+    src: torch.Tensor  # [N, Ts, H]
+    src_mask: torch.Tensor  # tokens pooled into the sentence vector
+    tgt: torch.Tensor
+    tgt_mask: torch.Tensor
+    src_valid: torch.Tensor  # content tokens (no special, no pad): word pieces and negatives
+    tgt_valid: torch.Tensor
+    spans: torch.Tensor  # [P, 5] (pair, src_start, src_end, tgt_start, tgt_end) in these coordinates
+
+
+@dataclass
+class PassOutput:
+    hidden_states: tuple[torch.Tensor, ...]  # embeddings + every layer, each [B, T, H]
+    attention_mask: torch.Tensor
+
+
+class Veco2ForPretraining(nn.Module):
+    """Encoder + objectives.  ``forward(batch)`` returns ``{"mlm": ..., "seq": ..., "tok": ...}``.
+
+    The batch keys are documented in ``veco2.data.batching.PretrainingBatch``.
+    """
+
+    def __init__(self, encoder: XLMRobertaForMaskedLM, objectives: ObjectivesConfig, sparse_mlm_head: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.objectives_config = objectives
+        self.sparse_mlm_head = sparse_mlm_head
+        self.mlm = MaskedLM(mode="tlm" if objectives.mlm.bilingual == "tlm" else "mlm", rate=objectives.mlm.rate,
+                            mask_prob=objectives.mlm.mask_prob, random_prob=objectives.mlm.random_prob)
+        hidden = encoder.config.hidden_size
+        seq, tok = objectives.seq, objectives.tok
+        self.seq = SequenceContrastive(
+            hidden_size=hidden, temperature=seq.temperature, pooling=seq.pooling, layer=seq.layer,
+            projection=seq.projection, symmetric=seq.symmetric, negatives=seq.negatives,
+            queue_size=seq.queue_size, encoding=seq.encoding,
+        ) if seq.weight > 0 else None
+        self.tok = TokenContrastive(
+            hidden_size=hidden, temperature=tok.temperature, pooling=tok.subword_pooling,
+            negatives=tok.negatives, exclude_other_matched=tok.exclude_other_matched, symmetric=tok.symmetric,
+            layer=tok.layer, projection=tok.projection,
+        ) if tok.weight > 0 else None
+        # InfoXLM-style momentum encoder for the key side of the sequence queue; never trained by SGD.
+        self.momentum_encoder: nn.Module | None = None
+        self.momentum_seq: nn.Module | None = None
+        if self.seq is not None and seq.negatives == "queue":
+            self.momentum_encoder = copy.deepcopy(encoder.roberta).requires_grad_(False)
+            self.momentum_seq = copy.deepcopy(self.seq).requires_grad_(False)
+
+    # -- encoder passes ---------------------------------------------------------------------------
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None) -> PassOutput:
+        out = (encoder or self.encoder.roberta)(input_ids=input_ids, attention_mask=attention_mask,
+                                                 output_hidden_states=True, return_dict=True)
+        return PassOutput(out.hidden_states, attention_mask)
+
+    def mlm_loss(self, main: PassOutput, labels: torch.Tensor) -> torch.Tensor:
+        if self.sparse_mlm_head:
+            return self.mlm(main.hidden_states[-1], labels, self.encoder.lm_head)
+        # The plain way (kept for benchmarks): logits over the whole vocabulary at every position.
+        logits = self.encoder.lm_head(main.hidden_states[-1])
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    # -- the objectives ---------------------------------------------------------------------------
+    def pair_view(self, batch: dict[str, torch.Tensor], main: PassOutput, clean: PassOutput | None,
+                  encoding: str, layer: int) -> PairView:
+        """Hidden states of both sides of every bilingual pair, from the joint (TLM) rows of the main
+        pass, or from the separately encoded sides (the clean pass when there is one, else the
+        separately masked sides of the main pass)."""
+        if encoding == "joint":
+            hidden = main.hidden_states[layer][batch["pair_rows"]]
+            return PairView(hidden, batch["joint_src_mask"], hidden, batch["joint_tgt_mask"],
+                            batch["joint_src_mask"], batch["joint_tgt_mask"], batch["joint_spans"])
+        hidden = (clean or main).hidden_states[layer]
+        return PairView(hidden[batch["side_src_rows"]], batch["side_src_mask"],
+                        hidden[batch["side_tgt_rows"]], batch["side_tgt_mask"],
+                        batch["side_src_valid"], batch["side_tgt_valid"], batch["side_spans"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        main = self.encode(batch["input_ids"], batch["attention_mask"])
+        losses = {"mlm": self.mlm_loss(main, batch["labels"])}
+        if self.seq is None and self.tok is None:
+            return losses
+        clean = (self.encode(batch["clean_input_ids"], batch["clean_attention_mask"])
+                 if "clean_input_ids" in batch else None)
+        if self.seq is not None:
+            view = self.pair_view(batch, main, clean, self.seq.encoding, self.seq.layer)
+            keys = self.momentum_keys(batch) if self.momentum_encoder is not None else {}
+            losses["seq"] = self.seq(view.src, view.src_mask, view.tgt, view.tgt_mask, **keys)
+        if self.tok is not None:
+            view = self.pair_view(batch, main, clean, self.objectives_config.tok.encoding, self.tok.layer)
+            losses["tok"] = self.tok(view.src, view.src_valid, view.tgt, view.tgt_valid, view.spans)
+        return losses
+
+    @torch.no_grad()
+    def momentum_keys(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keys of the InfoXLM-style queue: the clean sides encoded by the momentum encoder."""
+        keys = self.encode(batch["clean_input_ids"], batch["clean_attention_mask"], self.momentum_encoder)
+        vectors = self.momentum_seq.embed(keys.hidden_states[self.seq.layer], batch["clean_attention_mask"])
+        return {"src_keys": vectors[batch["side_src_rows"]], "tgt_keys": vectors[batch["side_tgt_rows"]]}
+
+    @torch.no_grad()
+    def update_momentum(self, momentum: float) -> None:
+        if self.momentum_encoder is not None:
+            momentum_update(self.encoder.roberta, self.momentum_encoder, momentum)
+            momentum_update(self.seq, self.momentum_seq, momentum)

@@ -1,0 +1,413 @@
+"""The pre-training loop: data preparation, accelerate, rolling checkpoints, logging, evaluation.
+
+``pretrain(cfg, out_dir)`` is what ``veco2 pretrain`` runs.  One process on CPU; under
+``accelerate launch`` / ``torchrun`` the same code runs DDP on GPUs (bf16 autocast with
+``training.mixed_precision=bf16``).
+
+Determinism and resume: everything random is seeded from (seed, step, micro-step, rank) —
+batch composition (``veco2.data.batching.StepSampler``), masking (a per-step generator) and
+dropout (``torch.manual_seed`` per step) — so a checkpoint needs only model, optimizer,
+scheduler, step counters and the contrastive queue (which lives in the model's state).  On CPU a
+run killed and resumed ends with the same weights, bit for bit, as an uninterrupted run.
+
+Outputs in ``out_dir``::
+
+    config.yaml         the resolved config
+    metrics.jsonl       per-step losses, lr, grad norm, tokens/s, padding share (MFU on GPU)
+    tensorboard/        accelerate's TensorBoard tracker
+    checkpoints/        rolling checkpoints (or training.checkpoint_dir), resumed automatically
+    model/              the final encoder + MLM head + tokenizer (Hugging Face format)
+    summary.json        final losses, held-out retrieval accuracy, throughput, provenance
+    DONE                written last
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config, save_config
+from .data.batching import SpecialTokens, StepSampler, collate
+from .data.corpus import Corpus
+from .data.shards import PretrainingShards, build_shards
+from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
+from .errors import Veco2Error
+from .fileio import append_jsonl, read_json, write_json, write_text
+from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
+from .provenance import provenance
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak FLOP/s by GPU name (SPEC section 3), for MFU.
+PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data preparation (shared by `veco2 data prepare` and `veco2 pretrain`)
+
+
+def prepare_data(cfg: Config, out_dir: str | Path) -> tuple[object, PretrainingShards]:
+    """Train or load the tokenizer and build (or reuse) the pre-tokenized shards."""
+    out_dir = Path(out_dir)
+    corpus = Corpus(cfg.data.corpus)
+    languages = cfg.data.languages or corpus.languages()
+    unknown = sorted(set(languages) - set(corpus.languages()))
+    if unknown:
+        raise Veco2Error(f"data.languages: {', '.join(unknown)} not in corpus {corpus.root} "
+                         f"(it has: {', '.join(corpus.languages())})")
+    if cfg.data.tokenizer == "train":
+        tokenizer_dir = out_dir / "tokenizer"
+        if not (tokenizer_dir / "tokenizer.json").exists():
+            texts = [s for lang in ["en", *languages] for s in corpus.monolingual(lang)]
+            train_unigram_tokenizer(texts, vocab_size=cfg.data.vocab_size, out_dir=tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+    shard_dir = Path(cfg.data.shard_dir) if cfg.data.shard_dir else out_dir / "shards"
+    if not (shard_dir / "manifest.json").exists():
+        build_shards(corpus, tokenizer, languages, cfg.data.max_length, shard_dir)
+    shards = PretrainingShards.open(shard_dir)
+    if shards.manifest.get("tokenizer_vocab_size") != len(tokenizer):
+        raise Veco2Error(f"{shard_dir}: shards were built with a tokenizer of {shards.manifest.get('tokenizer_vocab_size')} "
+                         f"pieces, this tokenizer has {len(tokenizer)}; delete the shards to rebuild them")
+    return tokenizer, shards
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict, keep: int) -> Path:
+    """Write ``root/step-N`` atomically (a ``.tmp`` directory renamed when complete)."""
+    from safetensors.torch import save_model
+
+    final = root / f"step-{step:09d}"
+    tmp = root / f"step-{step:09d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding / decoder weights
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json(tmp / "trainer_state.json", {**state, "scheduler": scheduler.state_dict()})
+    for handle in tmp.iterdir():  # make the files durable before the rename publishes them
+        with open(handle, "rb") as f:
+            os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise Veco2Error(f"{path}/model.safetensors: checkpoint of another architecture "
+                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors; e.g. "
+                             f"{(list(missing) + list(unexpected))[0]})")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    except Veco2Error:
+        raise
+    except Exception as err:  # truncated or corrupt files
+        raise Veco2Error(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                         "delete it to resume from the previous one") from None
+    state = read_json(path / "trainer_state.json")
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def sentence_vectors(encoder, tokenizer, sentences: list[str], layer: int, pooling: str = "mean",
+                     batch_size: int = 64, max_length: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
+    """L2-normalised sentence vectors: mean (or first-token) pooling of one hidden layer."""
+    from .objectives import pool
+
+    was_training = encoder.training
+    encoder.eval()
+    vectors = []
+    for start in range(0, len(sentences), batch_size):
+        enc = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt").to(device)
+        out = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
+        vectors.append(torch.nn.functional.normalize(pool(out.hidden_states[layer].float(), enc["attention_mask"], pooling), dim=-1))
+    encoder.train(was_training)
+    return torch.cat(vectors).cpu()
+
+
+def default_retrieval_layer(num_layers: int) -> int:
+    """About 2/3 of the depth: XTREME used layer 8 of 12 (base) and 14/16 of 24 (large)."""
+    return max(1, round(num_layers * 2 / 3))
+
+
+def heldout_retrieval(encoder, tokenizer, corpus: Corpus, languages: list[str], layer: int, pooling: str,
+                      pairs_per_language: int, device="cpu") -> dict[str, float]:
+    """Tatoeba-style accuracy (percent, both directions averaged) on held-out dev pairs per language."""
+    from .xtreme.retrieval import tatoeba_accuracy
+
+    scores = {}
+    for lang in languages:
+        pairs = corpus.parallel(lang, "dev")[:pairs_per_language]
+        if len(pairs) < 2:
+            continue
+        en = sentence_vectors(encoder, tokenizer, [p[0] for p in pairs], layer, pooling, device=device)
+        xx = sentence_vectors(encoder, tokenizer, [p[1] for p in pairs], layer, pooling, device=device)
+        scores[lang] = (tatoeba_accuracy(xx, en) + tatoeba_accuracy(en, xx)) / 2
+    if scores:
+        scores["mean"] = sum(scores.values()) / len(scores)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+@contextlib.contextmanager
+def exclusive_directory(out_dir: Path):
+    """Refuse a second run on the same output directory (an flock, released when the process dies)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise Veco2Error(f"{out_dir}: another veco2 run is using this output directory (lock {out_dir / '.lock'})") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _step_seed(seed: int, *parts: int) -> int:
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part) % (2**63)
+    return value
+
+
+def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None) -> dict:
+    """Run (or resume) pre-training; returns the summary.  ``stop_after`` ends the process early
+    after that many optimizer steps of this invocation (tests simulate interruptions with it)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    out_dir = Path(out_dir)
+    t = cfg.training
+    with exclusive_directory(out_dir):
+        accelerator = Accelerator(
+            mixed_precision=t.mixed_precision,
+            log_with="tensorboard" if t.tensorboard else None,
+            project_dir=str(out_dir / "tensorboard"),
+        )
+        if (out_dir / "DONE").exists():
+            log.info("%s: already complete", out_dir)
+            return read_json(out_dir / "summary.json")
+        if accelerator.is_main_process:
+            save_config(cfg, out_dir / "config.yaml")
+            tokenizer, shards = prepare_data(cfg, out_dir)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            tokenizer, shards = prepare_data(cfg, out_dir)
+        special = SpecialTokens.of(tokenizer)
+
+        torch.manual_seed(t.seed)
+        encoder = build_encoder(cfg.model, vocab_size=len(tokenizer), pad_token_id=special.pad)
+        model = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=cfg.model.sparse_mlm_head)
+        fused = t.fused_adamw and accelerator.device.type == "cuda"
+        optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas),
+                                      **({"fused": True} if fused else {}))
+        scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
+
+        checkpoint_root = Path(t.checkpoint_dir) if t.checkpoint_dir else out_dir / "checkpoints"
+        state = {"step": 0, "tokens": 0, "skipped_nonfinite": 0}
+        existing = _checkpoints(checkpoint_root)
+        if existing:
+            state = load_checkpoint(existing[-1], model, optimizer, scheduler)
+            log.info("resumed from %s (step %d)", existing[-1], state["step"])
+        elif accelerator.is_main_process and (out_dir / "metrics.jsonl").exists():
+            (out_dir / "metrics.jsonl").unlink()  # a run that died before its first checkpoint starts over
+
+        model, optimizer = accelerator.prepare(model, optimizer)
+        core: Veco2ForPretraining = accelerator.unwrap_model(model)
+        if t.compile:
+            model = torch.compile(model)
+        sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(),
+                              t.batch_size, cfg.data.bilingual_ratio, t.seed, cfg.data.bucket_by_length,
+                              cfg.data.bucket_window, rank=accelerator.process_index, world=accelerator.num_processes)
+        weights = {"mlm": cfg.objectives.mlm.weight, "seq": cfg.objectives.seq.weight, "tok": cfg.objectives.tok.weight}
+        if t.tensorboard:
+            accelerator.init_trackers("pretrain", config={"name": cfg.name})
+        peak = t.peak_flops
+        if peak is None and accelerator.device.type == "cuda":
+            name = torch.cuda.get_device_name()
+            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        n_params = count_parameters(core.encoder)
+
+        progress = tqdm(total=t.max_steps, initial=state["step"], disable=not accelerator.is_main_process,
+                        desc=f"pretrain {cfg.name}")
+        model.train()
+        window = {"tokens": 0, "positions": 0, "masked": 0, "seconds": 0.0, "steps": 0}
+        steps_this_run = 0
+        while state["step"] < t.max_steps and (t.max_tokens is None or state["tokens"] < t.max_tokens):
+            step = state["step"]
+            started = time.perf_counter()
+            terms_sum: dict[str, float] = {}
+            nonfinite = None
+            step_tokens = 0
+            torch.manual_seed(_step_seed(t.seed, step, accelerator.process_index))  # dropout
+            for micro in range(t.grad_accum):
+                generator = torch.Generator().manual_seed(_step_seed(t.seed, step, micro, accelerator.process_index, 7))
+                mono_idx, bi_idx = sampler.indices(step * t.grad_accum + micro)
+                batch = collate(shards, mono_idx, bi_idx, cfg, special, generator)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                step_tokens += int(batch["attention_mask"].sum())
+                window["positions"] += batch["attention_mask"].numel()
+                window["masked"] += int((batch["labels"] != -100).sum())
+                sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    losses = model(batch)
+                    for name, value in losses.items():
+                        if not torch.isfinite(value):
+                            nonfinite = nonfinite or (name, float(value))
+                        terms_sum[name] = terms_sum.get(name, 0.0) + float(value.detach()) / t.grad_accum
+                    total = sum(weights[name] * value for name, value in losses.items())
+                    if nonfinite is None:
+                        accelerator.backward(total / t.grad_accum)
+            grad_norm = float("nan")
+            if nonfinite is None:
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm))
+                if not math.isfinite(grad_norm):
+                    nonfinite = ("gradient", grad_norm)
+            if nonfinite is not None:
+                optimizer.zero_grad(set_to_none=True)
+                state["skipped_nonfinite"] += 1
+                message = f"step {step}: {nonfinite[0]} is {nonfinite[1]}"
+                if state["skipped_nonfinite"] > t.max_nonfinite_skips:
+                    raise Veco2Error(f"{message}; stopping after {state['skipped_nonfinite']} non-finite steps "
+                                     f"(training.max_nonfinite_skips={t.max_nonfinite_skips}); the last good checkpoint "
+                                     f"is kept in {checkpoint_root}")
+                log.warning("%s; step skipped (%d of at most %d)", message, state["skipped_nonfinite"],
+                            t.max_nonfinite_skips)
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                core.update_momentum(cfg.objectives.seq.momentum)
+            scheduler.step()
+            state["step"] += 1
+            state["tokens"] += step_tokens
+            window["tokens"] += step_tokens
+            window["seconds"] += time.perf_counter() - started
+            window["steps"] += 1
+            steps_this_run += 1
+            progress.update(1)
+
+            if state["step"] % t.log_every == 0 or state["step"] == t.max_steps:
+                tokens_per_s = window["tokens"] / window["seconds"] if window["seconds"] else 0.0
+                record = {"step": state["step"], **{f"loss_{k}": v for k, v in terms_sum.items()},
+                          "loss": sum(weights[k] * v for k, v in terms_sum.items()),
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                          "tokens_per_s": tokens_per_s * accelerator.num_processes,
+                          "steps_per_s": window["steps"] / window["seconds"] if window["seconds"] else 0.0,
+                          "padding_share": 1 - window["tokens"] / max(window["positions"], 1),
+                          "tokens_seen": state["tokens"] * accelerator.num_processes}
+                if peak:
+                    seq_len = window["tokens"] / max(window["positions"] / batch["input_ids"].shape[1], 1)
+                    fpt = flops_per_token(core.encoder, seq_len, window["masked"] / max(window["tokens"], 1))
+                    record["mfu"] = fpt * tokens_per_s / peak
+                if accelerator.is_main_process:
+                    append_jsonl(out_dir / "metrics.jsonl", record)
+                    progress.set_postfix(loss=f"{record['loss']:.3f}")
+                if t.tensorboard:
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
+                window = {"tokens": 0, "positions": 0, "masked": 0, "seconds": 0.0, "steps": 0}
+            if state["step"] % t.checkpoint_every == 0 and state["step"] < t.max_steps:
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint_root, state["step"], core, optimizer, scheduler,
+                                    state, t.keep_checkpoints)
+                accelerator.wait_for_everyone()
+            if stop_after is not None and steps_this_run >= stop_after:
+                progress.close()
+                return {"stopped_at": state["step"]}
+        progress.close()
+        if t.tensorboard:
+            accelerator.end_training()
+
+        summary: dict = {}
+        if accelerator.is_main_process:
+            summary = finish(cfg, out_dir, core, tokenizer, shards, state, n_params, accelerator.device)
+        accelerator.wait_for_everyone()
+        return summary
+
+
+def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, shards, state: dict, n_params: int,
+           device) -> dict:
+    """Save the final model, run the held-out retrieval check, write summary.json and DONE."""
+    from .fileio import read_jsonl
+
+    model_dir = out_dir / "model"
+    tmp_dir = out_dir / "model.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    core.encoder.save_pretrained(tmp_dir)
+    tokenizer.save_pretrained(tmp_dir)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp_dir, model_dir)
+
+    layers = core.encoder.config.num_hidden_layers
+    layer = cfg.evaluation.retrieval_layer if cfg.evaluation.retrieval_layer is not None else default_retrieval_layer(layers)
+    languages = [lang for lang in shards.manifest["languages"] if lang != "en"]
+    retrieval = heldout_retrieval(core.encoder.roberta, tokenizer, Corpus(cfg.data.corpus), languages, layer,
+                                  cfg.evaluation.retrieval_pooling, cfg.evaluation.heldout_pairs, device=device)
+    metrics = read_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").exists() else []
+    first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
+    summary = {
+        "name": cfg.name,
+        "steps": state["step"],
+        "tokens": state["tokens"],
+        "skipped_nonfinite": state["skipped_nonfinite"],
+        "parameters": n_params,
+        "first_losses": {k: v for k, v in first.items() if k.startswith("loss")},
+        "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
+        "median_tokens_per_s": _median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]),
+        "median_steps_per_s": _median([m["steps_per_s"] for m in metrics[1:]] or [0.0]),
+        "retrieval": {"layer": layer, "pooling": cfg.evaluation.retrieval_pooling, "accuracy": retrieval},
+        "shards": {"languages": shards.manifest["languages"], "mono": shards.num_mono, "bilingual": shards.num_bi},
+        "config": cfg.to_dict(),
+        "provenance": provenance(cfg.to_dict()),
+    }
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "DONE", f"{summary['provenance']['git_commit']}\n")
+    return summary
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

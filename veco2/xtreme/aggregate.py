@@ -1,0 +1,320 @@
+"""XTREME aggregation: languages -> task score -> category scores and the XTREME score.
+
+The official lists of tasks, categories and test languages live HERE and only here; the task
+registry imports :data:`OFFICIAL_LANGUAGES` rather than repeating them.
+
+Rules (Hu et al. 2020; SPEC section 2):
+
+- every metric is averaged over the task's languages on its own, unweighted;
+- task score = the mean of the task's headline metric; for QA tasks (mean F1 + mean EM) / 2;
+- category score = mean of its task scores; XTREME score = mean of the 9 task scores (NOT the
+  mean of the 4 category means: categories hold 2, 2, 3 and 2 tasks);
+- a language missing from the expected list is an ERROR, never a silently shorter average.
+
+All values are percent (0-100) as produced by :mod:`veco2.xtreme.metrics`; nothing is rescaled.
+
+Results layout read by :func:`load_results_tree`::
+
+    root/{variant}/{task}/seed{S}/results.json
+    {"task": "xnli", "version": ..., "languages": ["de", "en"], "seed": 1,
+     "scores": {"de": {"accuracy": 71.0}, "en": {"accuracy": 80.0}}, "provenance": {...}}
+
+Retrieval tasks (bucc2018, tatoeba) are not fine-tuned and have no seed: they are written once
+under ``seed0`` with ``"seed": 0``.  :func:`summarise` reuses that single value for every
+fine-tuning seed when it computes per-seed category / XTREME scores (so it adds no variance).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from veco2.errors import InputError, Veco2Error
+from veco2.fileio import read_json
+
+log = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa", "bucc2018", "tatoeba")
+
+TASK_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "classification": ("xnli", "pawsx"),
+    "structured_prediction": ("udpos", "panx"),
+    "question_answering": ("xquad", "mlqa", "tydiqa"),
+    "retrieval": ("bucc2018", "tatoeba"),
+}
+CATEGORIES: tuple[str, ...] = tuple(TASK_CATEGORIES)
+
+QA_TASKS = frozenset(TASK_CATEGORIES["question_answering"])
+RETRIEVAL_TASKS = frozenset(TASK_CATEGORIES["retrieval"])
+RETRIEVAL_SEED = 0
+
+# Metric keys the task score is computed from, as written in results.json "scores".
+# Extra keys (udpos "token_accuracy", "precision", "recall", ...) are averaged and reported but
+# do not enter the task score.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "xnli": ("accuracy",),
+    "pawsx": ("accuracy",),
+    "udpos": ("f1",),  # seqeval F1, 0.0.12 semantics (metrics.pos_f1)
+    "panx": ("f1",),
+    "xquad": ("f1", "exact_match"),
+    "mlqa": ("f1", "exact_match"),
+    "tydiqa": ("f1", "exact_match"),
+    "bucc2018": ("f1",),
+    "tatoeba": ("accuracy",),
+}
+
+OFFICIAL_LANGUAGES: dict[str, tuple[str, ...]] = {
+    "xnli": tuple("ar bg de el en es fr hi ru sw th tr ur vi zh".split()),
+    "pawsx": tuple("de en es fr ja ko zh".split()),
+    "udpos": tuple(
+        "af ar bg de el en es et eu fa fi fr he hi hu id it ja kk ko mr nl pt ru ta te th tl tr ur vi yo zh".split()
+    ),
+    "panx": tuple(
+        "ar he vi id jv ms tl eu ml ta te af nl en de el bn hi mr ur fa fr it pt es bg ru ja ka ko th sw yo my zh "
+        "kk tr et fi hu".split()
+    ),
+    "xquad": tuple("en es de el ru tr ar vi th zh hi".split()),
+    "mlqa": tuple("en es de ar hi vi zh".split()),
+    "tydiqa": tuple("en ar bn fi id ko ru sw te".split()),
+    "bucc2018": tuple("de fr ru zh".split()),
+    "tatoeba": tuple(
+        "af ar bg bn de el es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr nl pt ru sw ta te th tl tr ur vi "
+        "zh".split()
+    ),
+}
+
+_EXPECTED_COUNTS = {"xnli": 15, "pawsx": 7, "udpos": 33, "panx": 40, "xquad": 11, "mlqa": 7, "tydiqa": 9,
+                    "bucc2018": 4, "tatoeba": 36}  # fmt: skip
+assert {t: len(v) for t, v in OFFICIAL_LANGUAGES.items()} == _EXPECTED_COUNTS
+
+
+def _check_task(task: str) -> None:
+    if task not in TASK_METRICS:
+        raise Veco2Error(f"unknown XTREME task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def task_score(
+    per_language: Mapping[str, Mapping[str, float]],
+    task: str,
+    *,
+    languages: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Average one task over its languages.
+
+    Args:
+        per_language: ``{lang: {metric: value}}`` for one run.
+        task: one of :data:`TASKS`.
+        languages: the languages to aggregate over (default: the official list).  A declared
+            subset (the offline demo) is allowed; every listed language must be present.
+
+    Returns:
+        ``{metric: unweighted mean over languages, ..., "score": task score}``; ``score`` is
+        the headline metric's mean, or ``(f1 + exact_match) / 2`` for QA tasks.
+
+    Raises:
+        Veco2Error: naming the task and the missing languages / metrics.
+    """
+    _check_task(task)
+    langs = list(OFFICIAL_LANGUAGES[task] if languages is None else languages)
+    if not langs:
+        raise Veco2Error(f"{task}: no languages to aggregate over")
+    missing = [lang for lang in langs if lang not in per_language]
+    if missing:
+        raise Veco2Error(f"{task}: results missing for language(s) {' '.join(missing)}")
+    ignored = sorted(set(per_language) - set(langs))
+    if ignored:
+        log.info("%s: languages %s are not in the aggregated list and are left out", task, " ".join(ignored))
+
+    required = TASK_METRICS[task]
+    for lang in langs:
+        lacking = [m for m in required if m not in per_language[lang]]
+        if lacking:
+            raise Veco2Error(f"{task}: language {lang} has no {' '.join(lacking)} score")
+    metrics = [m for m in per_language[langs[0]]]
+    means: dict[str, float] = {}
+    for metric in metrics:
+        if not all(metric in per_language[lang] for lang in langs):
+            log.warning("%s: metric %s is not reported for every language; not averaged", task, metric)
+            continue
+        values = [float(per_language[lang][metric]) for lang in langs]
+        if not all(math.isfinite(v) for v in values):
+            raise Veco2Error(f"{task}: non-finite {metric} value in {values}")
+        means[metric] = sum(values) / len(values)
+    means["score"] = sum(means[m] for m in required) / len(required)
+    return means
+
+
+def _score_of(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return float(value["score"])
+    return float(value)
+
+
+def xtreme_score(task_scores: Mapping[str, float | Mapping[str, float] | None], *, allow_missing: bool = False) -> dict:
+    """Category scores and the XTREME score from per-task scores.
+
+    Args:
+        task_scores: ``{task: score}`` or ``{task: task_score(...) dict}``.
+        allow_missing: if False (default) a missing task is an error; if True the XTREME score
+            and the categories with a missing task are ``None`` and the missing tasks are listed.
+
+    Returns:
+        ``{"tasks": {task: score}, "categories": {category: mean of its tasks or None},
+        "xtreme": mean of the 9 task scores or None, "missing": [tasks]}``.
+    """
+    unknown = sorted(set(task_scores) - set(TASKS))
+    if unknown:
+        raise Veco2Error(f"unknown XTREME task(s) {' '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    tasks = {t: _score_of(task_scores[t]) for t in TASKS if _score_of(task_scores.get(t)) is not None}
+    missing = [t for t in TASKS if t not in tasks]
+    if missing and not allow_missing:
+        raise Veco2Error(f"XTREME score needs all 9 tasks; missing: {' '.join(missing)}")
+    categories = {
+        c: (sum(tasks[t] for t in members) / len(members) if all(t in tasks for t in members) else None)
+        for c, members in TASK_CATEGORIES.items()
+    }
+    xtreme = sum(tasks.values()) / len(TASKS) if not missing else None
+    return {"tasks": tasks, "categories": categories, "xtreme": xtreme, "missing": missing}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results tree
+# ---------------------------------------------------------------------------------------------
+
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+RESULT_COLUMNS = ["variant", "task", "seed", "language", "metric", "value"]
+
+
+def _read_results_file(path: Path, variant: str, task: str, seed: int) -> list[dict]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(path, None, "results.json must hold a JSON object")
+    for key in ("task", "languages", "seed", "scores"):
+        if key not in data:
+            raise InputError(path, None, f"missing key {key!r}")
+    if data["task"] != task:
+        raise InputError(path, None, f"task {data['task']!r} does not match its directory {task!r}")
+    if data["seed"] != seed:
+        raise InputError(path, None, f"seed {data['seed']!r} does not match its directory seed{seed}")
+    scores = data["scores"]
+    if not isinstance(scores, dict):
+        raise InputError(path, None, "'scores' must map language -> {metric: value}")
+    declared = list(data["languages"])
+    missing = [lang for lang in declared if lang not in scores]
+    if missing:
+        raise InputError(path, None, f"declared language(s) without scores: {' '.join(missing)}")
+    rows = []
+    for lang, metrics in scores.items():
+        if not isinstance(metrics, dict):
+            raise InputError(path, None, f"scores[{lang!r}] must map metric -> value")
+        for metric, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(path, None, f"scores[{lang!r}][{metric!r}] = {value!r} is not a finite number")
+            rows.append(dict(variant=variant, task=task, seed=seed, language=lang, metric=metric, value=float(value)))
+    return rows
+
+
+def load_results_tree(root: str | Path) -> pd.DataFrame:
+    """Read every ``root/{variant}/{task}/seed{S}/results.json`` into a long table with columns
+    ``variant, task, seed (int), language, metric, value``.
+
+    Corrupt or inconsistent files raise :class:`InputError` naming the file; directories that
+    do not fit the layout (unknown task, not ``seed<N>``) are skipped with a logged warning.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, None, "results directory not found")
+    rows: list[dict] = []
+    for path in sorted(root.glob("*/*/*/results.json")):
+        seed_dir, task, variant = path.parent.name, path.parent.parent.name, path.parent.parent.parent.name
+        match = _SEED_DIR.match(seed_dir)
+        if task not in TASK_METRICS or not match:
+            log.warning("skipping %s: not {variant}/{task}/seed<N>/results.json with a known task", path)
+            continue
+        rows.extend(_read_results_file(path, variant, task, int(match.group(1))))
+    if not rows:
+        raise InputError(root, None, "no {variant}/{task}/seed<N>/results.json files found")
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def summarise(
+    df: pd.DataFrame,
+    *,
+    languages: Mapping[str, Sequence[str]] | None = None,
+    ddof: int = 1,
+    allow_missing: bool = False,
+) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of task, category and XTREME scores.
+
+    Args:
+        df: the long table of :func:`load_results_tree`.
+        languages: per-task language lists to aggregate over (default: official lists; a task
+            absent from the mapping uses its official list).
+        ddof: 1 (default) = sample standard deviation over seeds, pandas' default; with a
+            single seed the std is NaN (look at ``n_seeds``).  0 = population std.
+        allow_missing: passed to :func:`xtreme_score` (a variant without all 9 tasks).
+
+    Returns:
+        rows ``variant, level ("task" | "category" | "xtreme"), name, mean, std, n_seeds``.
+        Per-seed category / XTREME scores use every fine-tuning seed; a retrieval task with a
+        single seed (seed0, deterministic) contributes the same value to each of them.
+    """
+    languages = dict(languages or {})
+    rows = []
+    for variant, vdf in df.groupby("variant", sort=True):
+        per_seed: dict[str, dict[int, float]] = {}
+        groups = vdf.groupby(["task", "seed"], sort=True)
+        for task, seed in sorted(groups.groups, key=_in_task_order):  # errors name the first task
+            sdf = groups.get_group((task, seed))
+            per_language = {
+                lang: dict(zip(ldf["metric"], ldf["value"])) for lang, ldf in sdf.groupby("language", sort=False)
+            }
+            try:
+                score = task_score(per_language, task, languages=languages.get(task))["score"]
+            except Veco2Error as err:
+                raise Veco2Error(f"{variant} seed{seed}: {err}") from None
+            per_seed.setdefault(task, {})[seed] = score
+        for task in TASKS:
+            if task in per_seed:
+                rows.append(_stat_row(variant, "task", task, list(per_seed[task].values()), ddof))
+        # Per-seed overall scores: seeds of the fine-tuned tasks; seed-independent tasks broadcast.
+        seed_free = {t for t, by_seed in per_seed.items() if t in RETRIEVAL_TASKS and len(by_seed) == 1}
+        seeds = sorted({s for t, by_seed in per_seed.items() if t not in seed_free for s in by_seed})
+        seeds = seeds or sorted({s for by_seed in per_seed.values() for s in by_seed})
+        overall = []
+        for seed in seeds:
+            scores = {
+                task: next(iter(by_seed.values())) if task in seed_free else by_seed[seed]
+                for task, by_seed in per_seed.items()
+                if task in seed_free or seed in by_seed
+            }
+            try:
+                overall.append(xtreme_score(scores, allow_missing=allow_missing))
+            except Veco2Error as err:
+                raise Veco2Error(f"{variant} seed{seed}: {err}") from None
+        for category in CATEGORIES:
+            values = [o["categories"][category] for o in overall if o["categories"][category] is not None]
+            if values:
+                rows.append(_stat_row(variant, "category", category, values, ddof))
+        values = [o["xtreme"] for o in overall if o["xtreme"] is not None]
+        if values:
+            rows.append(_stat_row(variant, "xtreme", "xtreme", values, ddof))
+    return pd.DataFrame(rows, columns=["variant", "level", "name", "mean", "std", "n_seeds"])
+
+
+def _in_task_order(task_seed: tuple[str, int]) -> tuple[int, int]:
+    task, seed = task_seed
+    return (TASKS.index(task) if task in TASKS else len(TASKS), seed)
+
+
+def _stat_row(variant: str, level: str, name: str, values: list[float], ddof: int) -> dict:
+    series = pd.Series(values, dtype=float)
+    return dict(variant=variant, level=level, name=name, mean=series.mean(), std=series.std(ddof=ddof),
+                n_seeds=len(values))  # fmt: skip

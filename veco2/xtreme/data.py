@@ -1,0 +1,433 @@
+"""XTREME data loaders: every task split per language, from the local official layout or the hub.
+
+Two sources, one output format:
+
+(a) the local layout (a directory fetched once with ``veco2 prefetch``, the packaged demo data, or
+    files copied from google-research/xtreme's ``download_data.sh``), per task::
+
+        xnli/{train-en,dev-en,test-LANG}.tsv        premise \\t hypothesis \\t label
+        pawsx/{train-en,dev-en,test-LANG}.tsv       sentence1 \\t sentence2 \\t label (0|1)
+        udpos/, panx/{train-en,dev-en,test-LANG}.tsv  word \\t tag per line, blank line between sentences
+        squad/{train-v1.1,dev-v1.1}.json, xquad/xquad.LANG.json,
+        mlqa/test-context-LANG-question-LANG.json,
+        tydiqa/{tydiqa-goldp-v1.1-train.json, dev-goldp-LANG.json}   SQuAD v1.1 JSON
+        bucc2018/LANG-en.{dev,test}.{LANG,en,gold}  id \\t sentence ; gold: src_id \\t tgt_id
+        tatoeba/tatoeba.ISO3-eng.{ISO3,eng}          line-aligned sentences
+
+(b) the Hugging Face hub, ``datasets.load_dataset("google/xtreme", config)`` (and ``facebook/xnli``
+    ``en`` for the XNLI train split, which google/xtreme lacks).  Needs network; tests never run it.
+
+The file names and hub configs come from the task YAML (:mod:`veco2.xtreme.registry`).  Examples are
+plain dicts:
+
+- classification: ``{"id", "text_a", "text_b", "label"}`` (label a string from the task's label list);
+- tagging: ``{"id", "words": [...], "tags": [...]}``;
+- qa: ``{"id", "title", "context", "question", "answers": {"text": [...], "answer_start": [...]}}``;
+- tatoeba: ``{"src": [...], "tgt": [...]}`` (line i of src translates line i of tgt, tgt = English);
+- bucc: ``{"src_ids", "src", "tgt_ids", "tgt", "gold": [(src_id, tgt_id), ...]}``.
+
+Known traps handled here: XNLI has no train split (MultiNLI through ``xnli`` ``en``); the TyDiQA-GoldP
+files mix languages (train keeps ids starting ``english-``; the hub dev split is cut by id prefix);
+the hub's ``bucc18`` configs hold only gold pairs, so BUCC mining needs the original corpus files
+locally; PAN-X's original download link is dead (use the hub configs through ``veco2 prefetch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import InputError, Veco2Error
+from ..fileio import iter_lines, read_json
+from .registry import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+DEMO_ROOT = Path(__file__).resolve().parent.parent / "demo_data" / "xtreme"
+SPLITS = ("train", "dev", "test")
+
+_WHERE_TO_GET = {
+    "panx": " (PAN-X's original download link is dead: `veco2 prefetch` takes it from the hub configs "
+            "google/xtreme PAN-X.LANG)",
+    "bucc2018": " (BUCC mining needs the original corpus files from https://comparable.limsi.fr/bucc2018/ "
+                "-- `veco2 prefetch --tasks bucc2018` fetches them; the hub's bucc18 configs hold only gold pairs)",
+}
+
+
+def resolve_root(data_root: str | Path | None) -> Path:
+    """The local data root: ``data_root`` if given, else ``$VECO2_XTREME_DATA``, else the packaged demo data."""
+    if data_root is not None:
+        return Path(data_root)
+    if os.environ.get("VECO2_XTREME_DATA"):
+        return Path(os.environ["VECO2_XTREME_DATA"])
+    return DEMO_ROOT
+
+
+def is_demo_root(root: Path) -> bool:
+    return root.resolve() == DEMO_ROOT.resolve()
+
+
+def local_path(task: TaskSpec, split: str, lang: str, root: Path) -> Path | None:
+    """The file (or, for BUCC/Tatoeba, file prefix) holding ``split`` of ``lang``; None if the task has no such split."""
+    if split == "translate_train":
+        template = task.local["files"].get("translate_train")
+    else:
+        template = task.local["files"].get(split)
+    if template is None:
+        return None
+    return root / template.format(lang=lang, code=task.code(lang))
+
+
+def _missing(task: TaskSpec, split: str, lang: str, path: Path) -> Veco2Error:
+    return Veco2Error(
+        f"{task.name} {split} data for {lang!r} not found: {path} does not exist. Fetch it once on a "
+        f"networked machine with `veco2 prefetch --tasks {task.name} --out DIR` and pass --data-root DIR "
+        f"(or read the hub directly with --hub){_WHERE_TO_GET.get(task.name, '')}")
+
+
+def available_languages(task: str | TaskSpec, data_root: str | Path | None = None) -> list[str]:
+    """Languages of ``task`` (in registry order) whose test data exists under the local root."""
+    task = get_task(task)
+    root = resolve_root(data_root)
+    found = []
+    for lang in task.languages:
+        path = local_path(task, "test", lang, root)
+        probe = path if task.local["format"] not in ("bucc", "tatoeba") else \
+            Path(f"{path}.{'en' if task.local['format'] == 'bucc' else 'eng'}")
+        if probe.exists():
+            found.append(lang)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------------
+
+def load_split(task: str | TaskSpec, split: str, lang: str, *, data_root: str | Path | None = None,
+               hub: bool = False) -> Any:
+    """Examples of one split (``train`` | ``dev`` | ``test`` | ``translate_train``) in one language.
+
+    ``train``/``dev`` exist in the task's ``train_language`` only (zero-shot protocol) -- except
+    ``translate_train``, the machine-translated train data of ``lang`` (local layout only).
+    Returns None when the task has no such split (TyDiQA has no English dev set).
+    Raises Veco2Error for an unknown language, a missing local file (naming ``veco2 prefetch``) or
+    a hub failure.
+    """
+    task = get_task(task)
+    if split not in SPLITS + ("translate_train",):
+        raise Veco2Error(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or translate_train")
+    if split in ("train", "dev") and task.train_language is not None and lang != task.train_language:
+        raise Veco2Error(f"{task.name}: the {split} split is used in {task.train_language!r} only "
+                         f"(zero-shot protocol), not {lang!r}")
+    task.check_language(lang)
+    if hub and split != "translate_train":
+        return _load_hub(task, split, lang)
+    root = resolve_root(data_root)
+    path = local_path(task, split, lang, root)
+    if path is None:
+        if split == "translate_train":
+            raise Veco2Error(f"{task.name} has no translate-train layout in its task file")
+        return None
+    fmt = task.local["format"]
+    if fmt == "tsv_pair":
+        if not path.exists():
+            raise _missing(task, split, lang, path)
+        return read_tsv_pair(path, task.labels)
+    if fmt == "conll":
+        if not path.exists():
+            raise _missing(task, split, lang, path)
+        return read_conll(path, task.labels)
+    if fmt == "squad_json":
+        if not path.exists():
+            raise _missing(task, split, lang, path)
+        prefix = task.local.get("train_id_prefix") if split == "train" else None
+        return read_squad_json(path, id_prefix=prefix)
+    if fmt == "bucc":
+        return read_bucc(path, lang, task=task, split=split)
+    if fmt == "tatoeba":
+        return read_tatoeba(path, task.code(lang), task=task, split=split, lang=lang)
+    raise Veco2Error(f"{task.path}: unknown local format {fmt!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Local readers, one per file format
+# ---------------------------------------------------------------------------------------------
+
+_TSV_HEADERS = ({"premise", "hypothesis", "label"}, {"sentence1", "sentence2", "label"},
+                {"sentence1", "sentence2", "gold_label"})
+
+
+def read_tsv_pair(path: str | Path, labels: Iterable[str] = ()) -> list[dict]:
+    """``text_a \\t text_b \\t label`` lines (XNLI, PAWS-X).  A header line is skipped (logged); a
+    line with another field count or a label outside ``labels`` is an InputError.  Test files
+    without the label column (2 fields on every line) give ``label: None``."""
+    labels = set(labels)
+    examples = []
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if number == 1 and {f.strip().lower() for f in fields} in _TSV_HEADERS:
+            log.info("%s: skipping header line", path)
+            continue
+        if len(fields) not in (2, 3):
+            raise InputError(path, number, f"expected 'text_a<TAB>text_b<TAB>label', got {len(fields)} field(s)")
+        label = fields[2].strip() if len(fields) == 3 else None
+        if label is not None and labels and label not in labels:
+            raise InputError(path, number, f"label {label!r} is not one of {', '.join(sorted(labels))}")
+        examples.append({"id": f"{Path(path).stem}-{len(examples)}", "text_a": fields[0],
+                         "text_b": fields[1], "label": label})
+    if not examples:
+        raise InputError(path, None, "no examples")
+    if len({e["label"] is None for e in examples}) > 1:
+        raise InputError(path, None, "some lines have a label and some do not")
+    return examples
+
+
+def read_conll(path: str | Path, labels: Iterable[str] = ()) -> list[dict]:
+    """CoNLL-style ``word \\t tag`` lines, sentences separated by blank lines (UD-POS, PAN-X).  Lines
+    with a word only (unlabelled test files) give ``tags: None`` for their sentence."""
+    labels = set(labels)
+    sentences: list[dict] = []
+    words: list[str] = []
+    tags: list[str | None] = []
+
+    def flush():
+        if words:
+            sentences.append({"id": f"{Path(path).stem}-{len(sentences)}", "words": list(words),
+                              "tags": None if any(t is None for t in tags) else list(tags)})
+            words.clear()
+            tags.clear()
+
+    for number, line in iter_lines(path):
+        if not line.strip():
+            flush()
+            continue
+        fields = line.split("\t")
+        if len(fields) > 2 or not fields[0]:
+            raise InputError(path, number, f"expected 'word<TAB>tag', got {line!r}")
+        tag = fields[1].strip() if len(fields) == 2 else None
+        if tag is not None and labels and tag not in labels:
+            raise InputError(path, number, f"tag {tag!r} is not one of {', '.join(sorted(labels))}")
+        words.append(fields[0])
+        tags.append(tag)
+    flush()
+    if not sentences:
+        raise InputError(path, None, "no sentences")
+    return sentences
+
+
+def read_squad_json(path: str | Path, *, id_prefix: str | None = None) -> list[dict]:
+    """SQuAD v1.1 JSON (``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``) as a
+    flat list of questions.  ``id_prefix`` keeps only ids starting with it (TyDiQA's mixed file)."""
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise InputError(path, None, "not SQuAD JSON: no top-level 'data' list")
+    examples, dropped = [], 0
+    for article in raw["data"]:
+        for paragraph in article.get("paragraphs", []):
+            context = paragraph.get("context")
+            if not isinstance(context, str):
+                raise InputError(path, None, f"article {article.get('title')!r}: paragraph without a context string")
+            for qa in paragraph.get("qas", []):
+                if "id" not in qa or "question" not in qa:
+                    raise InputError(path, None, f"question without id/question in {article.get('title')!r}")
+                if id_prefix is not None and not str(qa["id"]).startswith(id_prefix):
+                    dropped += 1
+                    continue
+                answers = qa.get("answers", [])
+                examples.append({
+                    "id": str(qa["id"]), "title": article.get("title", ""), "context": context,
+                    "question": qa["question"],
+                    "answers": {"text": [a["text"] for a in answers],
+                                "answer_start": [int(a["answer_start"]) for a in answers]},
+                })
+    if dropped:
+        log.info("%s: kept %d questions with id prefix %r, left out %d of other languages",
+                 path, len(examples), id_prefix, dropped)
+    if not examples:
+        raise InputError(path, None, "no questions" + (f" with id prefix {id_prefix!r}" if id_prefix else ""))
+    return examples
+
+
+def _read_id_sentences(path: Path) -> tuple[list[str], list[str]]:
+    ids, sentences = [], []
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t", 1)
+        if len(fields) != 2:
+            raise InputError(path, number, "expected 'id<TAB>sentence'")
+        ids.append(fields[0])
+        sentences.append(fields[1])
+    if not ids:
+        raise InputError(path, None, "no sentences")
+    if len(set(ids)) != len(ids):
+        raise InputError(path, None, "duplicate sentence ids")
+    return ids, sentences
+
+
+def read_bucc(prefix: str | Path, lang: str, *, task: TaskSpec | None = None, split: str = "test") -> dict:
+    """BUCC 2018 corpus files ``{prefix}.{lang}``, ``{prefix}.en`` (``id \\t sentence``) and
+    ``{prefix}.gold`` (``src_id \\t tgt_id``, may be absent for a blind test set: ``gold: None``)."""
+    prefix = Path(prefix)
+    src_path, tgt_path, gold_path = (Path(f"{prefix}.{ext}") for ext in (lang, "en", "gold"))
+    for path in (src_path, tgt_path):
+        if not path.exists():
+            if task is not None:
+                raise _missing(task, split, lang, path)
+            raise InputError(path, None, "file not found")
+    src_ids, src = _read_id_sentences(src_path)
+    tgt_ids, tgt = _read_id_sentences(tgt_path)
+    gold = None
+    if gold_path.exists():
+        gold = []
+        known_src, known_tgt = set(src_ids), set(tgt_ids)
+        for number, line in iter_lines(gold_path):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise InputError(gold_path, number, "expected 'src_id<TAB>tgt_id'")
+            if fields[0] not in known_src or fields[1] not in known_tgt:
+                raise InputError(gold_path, number, f"gold pair {fields[0]} {fields[1]} names an unknown sentence id")
+            gold.append((fields[0], fields[1]))
+    return {"src_ids": src_ids, "src": src, "tgt_ids": tgt_ids, "tgt": tgt, "gold": gold}
+
+
+def read_tatoeba(prefix: str | Path, code: str, *, task: TaskSpec | None = None, split: str = "test",
+                 lang: str | None = None) -> dict:
+    """Line-aligned Tatoeba files ``{prefix}.{code}`` (non-English side) and ``{prefix}.eng``."""
+    src_path, tgt_path = Path(f"{prefix}.{code}"), Path(f"{prefix}.eng")
+    sides = []
+    for path in (src_path, tgt_path):
+        if not path.exists():
+            if task is not None:
+                raise _missing(task, split, lang or code, path)
+            raise InputError(path, None, "file not found")
+        lines = [text for _, text in iter_lines(path)]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        sides.append(lines)
+    if len(sides[0]) != len(sides[1]):
+        raise InputError(tgt_path, None, f"{len(sides[1])} lines but {src_path.name} has {len(sides[0])}; "
+                                         "Tatoeba files must be line-aligned")
+    if not sides[0]:
+        raise InputError(src_path, None, "no sentences")
+    return {"src": sides[0], "tgt": sides[1]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub reader (network; same output format)
+# ---------------------------------------------------------------------------------------------
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False") or \
+        os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_hub_rows(task: TaskSpec, split: str, lang: str) -> tuple[list[dict], dict]:
+    """Raw rows of one split/language from the hub, filtered as the task file says, plus the
+    datasets features (for ClassLabel names).  Raises Veco2Error offline or on a hub failure."""
+    source = (task.hub or {}).get(split)
+    if source is None:
+        raise Veco2Error(f"{task.name}: no hub source for the {split} split")
+    name = source.get("name")
+    name = None if name is None else name.format(lang=lang, code=task.code(lang))
+    if _hub_offline():
+        raise Veco2Error(f"{task.name}: cannot read {source['path']} {name} from the hub while offline "
+                         f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set); fetch it once on a networked machine "
+                         f"with `veco2 prefetch --tasks {task.name} --out DIR` and pass --data-root DIR")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source["path"], name, split=source["split"])
+    except Exception as err:  # network, missing config, changed hub layout: one clear line
+        raise Veco2Error(f"{task.name}: loading {source['path']} {name} split {source['split']} from the hub "
+                         f"failed ({type(err).__name__}: {err}); `veco2 prefetch --tasks {task.name} --out DIR` "
+                         f"on a networked machine, then --data-root DIR") from None
+    filt = source.get("filter") or {}
+    if "column" in filt:
+        dataset = dataset.filter(lambda row: row[filt["column"]] == lang)
+    if "id_prefix" in filt:
+        wanted = filt["id_prefix"].format(lang=lang, code=task.code(lang))
+        dataset = dataset.filter(lambda row: str(row["id"]).startswith(wanted))
+    if len(dataset) == 0:
+        raise Veco2Error(f"{task.name}: hub {source['path']} {name} {source['split']} has no rows for {lang!r}")
+    return list(dataset), dataset.features
+
+
+def _label_name(value, feature) -> str:
+    names = getattr(feature, "names", None)
+    if names is not None and isinstance(value, int):
+        return names[value]
+    return str(value)
+
+
+def _load_hub(task: TaskSpec, split: str, lang: str) -> Any:
+    source = (task.hub or {}).get(split)
+    if source is None:
+        return None
+    rows, features = load_hub_rows(task, split, lang)
+    columns = source.get("columns", {})
+    fmt = task.local["format"]
+    if fmt == "tsv_pair":
+        label_feature = features[columns["label"]]
+        examples = [{"id": f"{task.name}-{split}-{lang}-{i}", "text_a": row[columns["text_a"]],
+                     "text_b": row[columns["text_b"]], "label": _label_name(row[columns["label"]], label_feature)}
+                    for i, row in enumerate(rows)]
+        bad = [e["label"] for e in examples if e["label"] not in task.labels]
+        if bad:  # e.g. MultiNLI's -1 "no gold label" rows: counted, logged, left out
+            log.warning("%s %s %s: leaving out %d rows without a valid label", task.name, split, lang, len(bad))
+            examples = [e for e in examples if e["label"] in task.labels]
+        return examples
+    if fmt == "conll":
+        tag_feature = getattr(features[columns["tags"]], "feature", None)
+        return [{"id": f"{task.name}-{split}-{lang}-{i}", "words": list(row[columns["words"]]),
+                 "tags": [_label_name(t, tag_feature) for t in row[columns["tags"]]]}
+                for i, row in enumerate(rows)]
+    if fmt == "squad_json":
+        return [{"id": str(row["id"]), "title": row.get("title", ""), "context": row["context"],
+                 "question": row["question"],
+                 "answers": {"text": list(row["answers"]["text"]),
+                             "answer_start": [int(s) for s in row["answers"]["answer_start"]]}}
+                for row in rows]
+    if fmt == "tatoeba":
+        return {"src": [row["source_sentence"].rstrip("\n") for row in rows],
+                "tgt": [row["target_sentence"].rstrip("\n") for row in rows]}
+    if fmt == "bucc":
+        raise Veco2Error(
+            f"bucc2018: the hub configs bucc18.{lang} hold only the gold pairs, not the corpora to mine; "
+            f"real BUCC mining needs the original corpus files in the local layout "
+            f"(bucc2018/{lang}-en.{{dev,test}}.{{{lang},en,gold}}): run `veco2 prefetch --tasks bucc2018 --out DIR` "
+            f"(downloads them from https://comparable.limsi.fr/bucc2018/) and pass --data-root DIR")
+    raise Veco2Error(f"{task.path}: unknown format {fmt!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Long sentences in tagging tasks: windows that fit the model, mapped back afterwards
+# ---------------------------------------------------------------------------------------------
+
+def word_windows(subword_counts: list[int], budget: int) -> list[tuple[int, int]]:
+    """Split a sentence into consecutive, non-overlapping word windows ``[start, end)`` whose
+    subword counts sum to at most ``budget`` (the max length minus the special tokens).
+
+    Greedy left to right, as XTREME's preprocessing splits long UD/PAN-X sentences.  A single word
+    longer than the budget gets a window of its own (it is truncated when encoded, but its first
+    subword -- the one that is labelled and predicted -- survives).  Every word is in exactly one
+    window, so predictions map back to all words by concatenation.
+    """
+    if budget < 1:
+        raise Veco2Error(f"max length leaves no room for words (budget {budget})")
+    windows, start, used = [], 0, 0
+    for i, count in enumerate(subword_counts):
+        if i > start and used + count > budget:
+            windows.append((start, i))
+            start, used = i, 0
+        used += count
+    if subword_counts:
+        windows.append((start, len(subword_counts)))
+    return windows
+
