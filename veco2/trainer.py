@@ -31,6 +31,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -212,9 +213,15 @@ def _step_seed(seed: int, *parts: int) -> int:
     return value
 
 
-def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None) -> dict:
-    """Run (or resume) pre-training; returns the summary.  ``stop_after`` ends the process early
-    after that many optimizer steps of this invocation (tests simulate interruptions with it)."""
+def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
+             on_log: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) pre-training; returns the summary.
+
+    ``stop_after`` ends the call early after that many optimizer steps of this invocation (tests
+    simulate interruptions with it).  ``on_log(record)`` is called on the main process with every
+    metrics record (the sweeps report intermediate values and prune through it: an exception it
+    raises propagates after the record is written).
+    """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -345,6 +352,8 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None)
                 if accelerator.is_main_process:
                     append_jsonl(out_dir / "metrics.jsonl", record)
                     progress.set_postfix(loss=f"{record['loss']:.3f}")
+                    if on_log is not None:
+                        on_log(record)
                 if t.tensorboard:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
                 window = {"tokens": 0, "positions": 0, "masked": 0, "seconds": 0.0, "steps": 0}

@@ -76,11 +76,8 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "max_train_examples": None,  # use only the first N training examples (demo / smoke runs)
     "warmup_steps": 0,
     "weight_decay": 0.0,
-    "n_best_size": 20,
-    "max_answer_length": 30,
-    "max_query_length": 64,
-    "doc_stride": 128,
 }
+# QA-only settings (doc_stride, max_query_length, max_answer_length, n_best_size) come from the QA task files.
 #: Keys whose change does not change the result (left out of the run hash).
 _NON_RESULT_KEYS = ("eval_batch_size",)
 

@@ -1,0 +1,34 @@
+# Two entry points (see README): `make demo` and `make test`.  Both create the virtual
+# environment first.  GPU users: install your CUDA build of torch into .venv first, then
+# `make setup TORCH_SPEC=` (an empty spec keeps the torch that is there).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet -c constraints.txt "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores all --profile profiles/default
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results logs .snakemake
