@@ -11,6 +11,8 @@ Both passes run in one process, on the same pairs, with the same tokenizer and b
 The passes alternate (tokenize, mine, mine_no_overlap, then reversed, ...) for ``--repeats`` rounds; the medians,
 pairs/s and the ratio mining / tokenization (target <= 2) are printed as JSON, together with the share
 of pairs with at least one match and the matches per pair of each language (on its distinct pairs).
+Process CPU time (all threads) is reported beside wall time: on a shared, busy machine the wall-time
+ratio swings with the other load, the CPU-time ratio much less.
 
 Pairs: the demo corpus (``veco2/demo_data/parallel/<split>/en-LANG.tsv.gz`` with the dictionaries
 ``dict/en-LANG.tsv.gz``), each language cycled in proportion to its size up to ``--pairs`` in total.
@@ -90,6 +92,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--tokenizer", help="saved tokenizer directory or hub name; default: train one")
     parser.add_argument("--vocab-size", type=int, default=16_000)
     parser.add_argument("--train-lines", type=int, default=4000, help="monolingual lines per language")
+    parser.add_argument("--save-tokenizer", type=Path, help="keep the trained tokenizer in this directory")
     args = parser.parse_args(argv)
 
     languages = args.languages or sorted(
@@ -109,7 +112,7 @@ def main(argv=None) -> dict:
             mono = args.data / "mono" / f"{lang}.txt.gz"
             texts += [line for _, line in itertools.islice(iter_lines(mono), args.train_lines)]
         with tempfile.TemporaryDirectory() as tmp:
-            tokenizer = train_unigram_tokenizer(texts, args.vocab_size, tmp)
+            tokenizer = train_unigram_tokenizer(texts, args.vocab_size, args.save_tokenizer or tmp)
         tokenizer_name = f"unigram trained on {len(texts)} demo mono lines, vocab {len(tokenizer)}"
     tokenizer_seconds = time.perf_counter() - started
     backend = backend_of(tokenizer)
@@ -134,21 +137,24 @@ def main(argv=None) -> dict:
 
     passes = ("tokenize", "mine", "mine_no_overlap")
     times = {name: [] for name in passes}
+    cpu = {name: [] for name in passes}  # process CPU time, all threads: robust to a busy machine
     tokens = {}
     for repeat in range(args.repeats):
         order = passes if repeat % 2 == 0 else passes[::-1]
         for name in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if name == "tokenize":
                 tokens[name] = tokenize_only(backend, all_pairs, args.batch_size)
             else:
                 overlap = name == "mine"
                 tokens[name] = mine_all(per_language, tokenizer, args.batch_size, args.num_workers, overlap)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     if len(set(tokens.values())) != 1:
         raise SystemExit(f"token counts differ: {tokens}")
 
     median = {name: statistics.median(values) for name, values in times.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     result = {
         "benchmark": "mining_vs_tokenization",
         "pairs": n_pairs,
@@ -165,6 +171,10 @@ def main(argv=None) -> dict:
         "pairs_per_s": {name: round(n_pairs / v) for name, v in median.items()},
         "ratio_mine_over_tokenize": round(median["mine"] / median["tokenize"], 3),
         "ratio_mine_no_overlap_over_tokenize": round(median["mine_no_overlap"] / median["tokenize"], 3),
+        "cpu_seconds": {name: [round(v, 3) for v in values] for name, values in cpu.items()},
+        "median_cpu_s": {name: round(v, 3) for name, v in median_cpu.items()},
+        "cpu_ratio_mine_over_tokenize": round(median_cpu["mine"] / median_cpu["tokenize"], 3),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "target_ratio": 2.0,
         "per_language": per_language_stats,
         "machine": {

@@ -8,6 +8,7 @@ printed as one line and exit with status 2; ``--debug`` shows the traceback inst
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -86,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", help="output directory (default results/pretrain/NAME)")
     pretrain.set_defaults(func=cmd_pretrain)
 
+    from .report import cli as report_cli
     from .xtreme import cli as xtreme_cli
 
     xtreme_cli.register(commands)
+    report_cli.register(commands)
     return parser
 
 
@@ -103,10 +106,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"veco2: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # The environment, not a bug: a full disk, a quota, a read-only or forbidden path.  Every
+        # write is atomic (veco2.fileio), so the previous versions of the outputs are intact.
+        if args.debug or err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"veco2: error: {where}{err.strerror or err} (previous outputs are left intact)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("veco2: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 if __name__ == "__main__":

@@ -247,21 +247,34 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")
 
 
-def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
-    """Merge a nested dict into a dataclass instance in place, strictly."""
+def _merge(obj: Any, updates: dict, source: str, prefix: str = "", lines: dict[str, int] | None = None,
+           origins: dict[str, str] | None = None) -> None:
+    """Merge a nested dict into a dataclass instance in place, strictly.
+
+    ``lines`` maps dotted keys to their line in the YAML file ``source`` (errors then say
+    ``file:line``); ``origins`` collects, per dotted key, where its value came from (for the range
+    checks that run after every layer is merged).
+    """
+    lines = lines or {}
     if not isinstance(updates, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {updates!r}")
+        where = prefix.rstrip(".")
+        at = f"{source}:{lines[where]}" if where in lines else source
+        raise ConfigError(f"{at}: {where or 'top level'}: expected a mapping, got {updates!r}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in updates.items():
         path = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{source}: unknown key {path!r}; allowed keys here: {', '.join(names)}")
+            line = f" (line {lines[path]})" if path in lines else ""
+            raise ConfigError(f"{source}: unknown key {path!r}{line}; allowed keys here: {', '.join(names)}")
         current = getattr(obj, key)
+        at = f"{source}:{lines[path]}" if path in lines else source
         if dataclasses.is_dataclass(current):
-            _merge(current, value, source, prefix=f"{path}.")
+            _merge(current, value, source, prefix=f"{path}.", lines=lines, origins=origins)
         else:
-            setattr(obj, key, _coerce(value, hints[key], path, source))
+            setattr(obj, key, _coerce(value, hints[key], path, at))
+            if origins is not None:
+                origins[path] = at
 
 
 def _get(cfg: Config, path: str) -> Any:
@@ -282,22 +295,34 @@ _NON_NEGATIVE = ("training.lr", "training.weight_decay", "training.warmup_steps"
 _FRACTIONS = ("data.bilingual_ratio", "objectives.mlm.rate", "objectives.seq.momentum", "model.dropout")
 
 
-def _check_ranges(cfg: Config) -> None:
-    """Value checks that types cannot express."""
+#: A trained tokenizer needs room for pieces after <s> <pad> </s> <unk> <mask>.
+MIN_TRAINED_VOCAB = 6
+
+
+def _check_ranges(cfg: Config, origins: dict[str, str] | None = None) -> None:
+    """Value checks that types cannot express; errors name the file:line (or override) that set the value."""
+    origins = origins or {}
+
+    def fail(path: str, value: Any, rule: str) -> ConfigError:
+        return ConfigError(f"{origins.get(path, 'config')}: {path}: got {value!r}, {rule}")
+
     for path in _POSITIVE:
         value = _get(cfg, path)
         if value is not None and value <= 0:
-            raise ConfigError(f"config: {path}: got {value!r}, must be > 0")
+            raise fail(path, value, "must be > 0")
     for path in _NON_NEGATIVE:
         value = _get(cfg, path)
         if value < 0:
-            raise ConfigError(f"config: {path}: got {value!r}, must be >= 0")
+            raise fail(path, value, "must be >= 0")
     for path in _FRACTIONS:
         value = _get(cfg, path)
         if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"config: {path}: got {value!r}, must be between 0 and 1")
+            raise fail(path, value, "must be between 0 and 1")
     if cfg.objectives.mlm.mask_prob + cfg.objectives.mlm.random_prob > 1.0:
         raise ConfigError("config: objectives.mlm.mask_prob + objectives.mlm.random_prob must be <= 1")
+    if cfg.data.tokenizer == "train" and cfg.data.vocab_size < MIN_TRAINED_VOCAB:
+        raise fail("data.vocab_size", cfg.data.vocab_size,
+                   f"must be >= {MIN_TRAINED_VOCAB} to train a tokenizer (5 special tokens + pieces)")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -317,6 +342,25 @@ def _nest(path: list[str], value: Any) -> dict:
     for part in reversed(path):
         nested = {part: nested}
     return nested
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line of that key in a YAML mapping (for error messages)."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    path = f"{prefix}{key.value}"
+                    lines[path] = key.start_mark.line + 1
+                    walk(value, f"{path}.")
+
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    except yaml.YAMLError:
+        pass
+    return lines
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -345,15 +389,17 @@ def load_config(*paths: str | Path, overrides: list[str] | dict | None = None) -
     (Snakemake config).
     """
     cfg = Config()
+    origins: dict[str, str] = {}
     for path in paths:
-        _merge(cfg, read_yaml(path), str(path))
+        data = read_yaml(path)
+        _merge(cfg, data, str(path), lines=_key_lines(Path(path).read_text(encoding="utf-8")), origins=origins)
     if isinstance(overrides, dict):
-        _merge(cfg, overrides, "overrides")
+        _merge(cfg, overrides, "overrides", origins=origins)
     else:
         for text in overrides or []:
             key, value = parse_override(text)
-            _merge(cfg, _nest(key, value), f"override {text!r}")
-    _check_ranges(cfg)
+            _merge(cfg, _nest(key, value), f"override {text!r}", origins=origins)
+    _check_ranges(cfg, origins)
     return cfg
 
 

@@ -144,10 +144,31 @@ class Veco2ForPretraining(nn.Module):
             self.momentum_seq = copy.deepcopy(self.seq).requires_grad_(False)
 
     # -- encoder passes ---------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None) -> PassOutput:
-        out = (encoder or self.encoder.roberta)(input_ids=input_ids, attention_mask=attention_mask,
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None,
+               segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> PassOutput:
+        """One encoder pass.  With ``segment_ids`` (packed rows, see ``veco2.data.batching``) a token
+        attends only to the tokens of its own sequence: a block-diagonal 4D mask, which
+        transformers passes through unchanged to the attention implementation."""
+        mask = attention_mask if segment_ids is None else self.block_diagonal_mask(segment_ids)
+        out = (encoder or self.encoder.roberta)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                                                  output_hidden_states=True, return_dict=True)
         return PassOutput(out.hidden_states, attention_mask)
+
+    def block_diagonal_mask(self, segment_ids: torch.Tensor) -> torch.Tensor:
+        """[R, 1, W, W]: True (sdpa) / 0.0 (eager) where query and key are in the same sequence.
+
+        Padding (segment 0) attends to padding, so no softmax row is empty (no NaN); its outputs
+        are never read.
+        """
+        same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        implementation = self.encoder.config._attn_implementation
+        if implementation == "sdpa":
+            return same
+        if implementation == "eager":
+            dtype = self.encoder.dtype
+            return torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill_(~same, torch.finfo(dtype).min)
+        raise Veco2Error(f"data.packing needs model.attn_implementation sdpa or eager, not {implementation!r} "
+                         "(FlashAttention-2 takes packed sequences without a mask; not wired up here)")
 
     def mlm_loss(self, main: PassOutput, labels: torch.Tensor) -> torch.Tensor:
         if self.sparse_mlm_head:
@@ -163,20 +184,29 @@ class Veco2ForPretraining(nn.Module):
         pass, or from the separately encoded sides (the clean pass when there is one, else the
         separately masked sides of the main pass)."""
         if encoding == "joint":
-            hidden = main.hidden_states[layer][batch["pair_rows"]]
+            hidden = self._rows(main.hidden_states[layer], batch, "pair")
             return PairView(hidden, batch["joint_src_mask"], hidden, batch["joint_tgt_mask"],
                             batch["joint_src_mask"], batch["joint_tgt_mask"], batch["joint_spans"])
         hidden = (clean or main).hidden_states[layer]
-        return PairView(hidden[batch["side_src_rows"]], batch["side_src_mask"],
-                        hidden[batch["side_tgt_rows"]], batch["side_tgt_mask"],
+        return PairView(self._rows(hidden, batch, "side_src"), batch["side_src_mask"],
+                        self._rows(hidden, batch, "side_tgt"), batch["side_tgt_mask"],
                         batch["side_src_valid"], batch["side_tgt_valid"], batch["side_spans"])
 
+    @staticmethod
+    def _rows(hidden: torch.Tensor, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """[N, T, H] hidden states of the sequences ``name``: whole rows, or gathered from packed rows."""
+        if f"{name}_index" in batch:
+            return hidden.flatten(0, 1)[batch[f"{name}_index"]]
+        return hidden[batch[f"{name}_rows"]]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        main = self.encode(batch["input_ids"], batch["attention_mask"])
+        main = self.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
+                           position_ids=batch.get("position_ids"))
         losses = {"mlm": self.mlm_loss(main, batch["labels"])}
         if self.seq is None and self.tok is None:
             return losses
-        clean = (self.encode(batch["clean_input_ids"], batch["clean_attention_mask"])
+        clean = (self.encode(batch["clean_input_ids"], batch["clean_attention_mask"],
+                             segment_ids=batch.get("clean_segment_ids"), position_ids=batch.get("clean_position_ids"))
                  if "clean_input_ids" in batch else None)
         if self.seq is not None:
             view = self.pair_view(batch, main, clean, self.seq.encoding, self.seq.layer)
@@ -190,9 +220,11 @@ class Veco2ForPretraining(nn.Module):
     @torch.no_grad()
     def momentum_keys(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Keys of the InfoXLM-style queue: the clean sides encoded by the momentum encoder."""
-        keys = self.encode(batch["clean_input_ids"], batch["clean_attention_mask"], self.momentum_encoder)
-        vectors = self.momentum_seq.embed(keys.hidden_states[self.seq.layer], batch["clean_attention_mask"])
-        return {"src_keys": vectors[batch["side_src_rows"]], "tgt_keys": vectors[batch["side_tgt_rows"]]}
+        keys = self.encode(batch["clean_input_ids"], batch["clean_attention_mask"], self.momentum_encoder,
+                           segment_ids=batch.get("clean_segment_ids"), position_ids=batch.get("clean_position_ids"))
+        hidden = keys.hidden_states[self.seq.layer]
+        return {"src_keys": self.momentum_seq.embed(self._rows(hidden, batch, "side_src"), batch["side_src_mask"]),
+                "tgt_keys": self.momentum_seq.embed(self._rows(hidden, batch, "side_tgt"), batch["side_tgt_mask"])}
 
     @torch.no_grad()
     def update_momentum(self, momentum: float) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
@@ -41,7 +42,7 @@ from .data.corpus import Corpus
 from .data.shards import PretrainingShards, build_shards
 from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
 from .errors import Veco2Error
-from .fileio import append_jsonl, read_json, write_json, write_text
+from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, write_json, write_text
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
 from .provenance import provenance
 
@@ -76,6 +77,10 @@ def prepare_data(cfg: Config, out_dir: str | Path) -> tuple[object, PretrainingS
     if not (shard_dir / "manifest.json").exists():
         build_shards(corpus, tokenizer, languages, cfg.data.max_length, shard_dir)
     shards = PretrainingShards.open(shard_dir)
+    cut = {lang: m["truncated"] for lang, m in shards.manifest.get("mono", {}).items() if m.get("truncated")}
+    if cut:  # the data card (manifest.json) holds the counts; say so in the run's log too
+        log.warning("%s: monolingual sentences cut to data.max_length=%d tokens: %s", shard_dir / "manifest.json",
+                    shards.manifest.get("max_length"), ", ".join(f"{lang} {n}" for lang, n in cut.items()))
     if shards.manifest.get("tokenizer_vocab_size") != len(tokenizer):
         raise Veco2Error(f"{shard_dir}: shards were built with a tokenizer of {shards.manifest.get('tokenizer_vocab_size')} "
                          f"pieces, this tokenizer has {len(tokenizer)}; delete the shards to rebuild them")
@@ -100,6 +105,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, sc
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding / decoder weights
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    fault_point(f"checkpoint:{step}")  # crash tests: killed half-way through a checkpoint
     write_json(tmp / "trainer_state.json", {**state, "scheduler": scheduler.state_dict()})
     for handle in tmp.iterdir():  # make the files durable before the rename publishes them
         with open(handle, "rb") as f:
@@ -115,7 +121,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     from safetensors.torch import load_model
 
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        try:
+            missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+            raise Veco2Error(f"{path}/model.safetensors: checkpoint of another architecture ({first})") from None
         if missing or unexpected:
             raise Veco2Error(f"{path}/model.safetensors: checkpoint of another architecture "
                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors; e.g. "
@@ -129,6 +141,23 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     state = read_json(path / "trainer_state.json")
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
+
+
+def _rewind_metrics(path: Path, step: int) -> None:
+    """Keep only the metrics records of steps ``<= step`` (the step a run resumes from).
+
+    A killed run has logged steps after its last checkpoint (and may have left half a line); the
+    resumed run logs them again, so without this they would appear twice.  Rewritten atomically.
+    """
+    if not path.exists():
+        return
+    records = read_jsonl(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) == len(records) and path.read_bytes().endswith(b"\n") or not path.stat().st_size:
+        return
+    log.info("%s: dropping %d records logged after step %d by the interrupted run", path, len(records) - len(kept), step)
+    with atomic_write(path) as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,8 +288,8 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         if existing:
             state = load_checkpoint(existing[-1], model, optimizer, scheduler)
             log.info("resumed from %s (step %d)", existing[-1], state["step"])
-        elif accelerator.is_main_process and (out_dir / "metrics.jsonl").exists():
-            (out_dir / "metrics.jsonl").unlink()  # a run that died before its first checkpoint starts over
+        if accelerator.is_main_process:
+            _rewind_metrics(out_dir / "metrics.jsonl", state["step"])
 
         model, optimizer = accelerator.prepare(model, optimizer)
         core: Veco2ForPretraining = accelerator.unwrap_model(model)
@@ -362,6 +391,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                     save_checkpoint(checkpoint_root, state["step"], core, optimizer, scheduler,
                                     state, t.keep_checkpoints)
                 accelerator.wait_for_everyone()
+            fault_point(f"pretrain-step:{state['step']}")  # crash tests: killed between steps
             if stop_after is not None and steps_this_run >= stop_after:
                 progress.close()
                 return {"stopped_at": state["step"]}
@@ -388,6 +418,7 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, sha
     tokenizer.save_pretrained(tmp_dir)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp_dir, model_dir)
+    fault_point("pretrain-finish")  # crash tests: final model written, summary and DONE not yet
 
     layers = core.encoder.config.num_hidden_layers
     layer = cfg.evaluation.retrieval_layer if cfg.evaluation.retrieval_layer is not None else default_retrieval_layer(layers)

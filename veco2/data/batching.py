@@ -23,6 +23,28 @@ The collator (:func:`collate`) builds the tensors :class:`veco2.model.Veco2ForPr
 ================================  ===========================================================
 
 XLM-R layout: a monolingual row is ``<s> x </s>``, a TLM row ``<s> x </s></s> y </s>``.
+
+**Packing** (``data.packing``, see :func:`pack_first_fit`): instead of one padded row per
+sequence, the sequences of a pass are packed first-fit-decreasing into rows as wide as the
+longest sequence of the batch (a monolingual row and a TLM row, about twice as long, share
+little padding otherwise).  Each packed pass then also carries
+
+================================  ===========================================================
+``segment_ids``                   [R, W] 1, 2, ... for the sequences of a row, 0 at padding;
+                                  the model turns it into a block-diagonal attention mask
+``position_ids``                  [R, W] XLM-R positions restarted at every sequence
+                                  (``pad + 1 + offset``), so a packed sequence is encoded
+                                  exactly as it would be alone
+``clean_segment_ids, ..._pos...`` the same for the clean pass
+``pair_index``                    [N, T] flat positions (``row·W + column``) of each TLM
+                                  instance in the main pass, instead of ``pair_rows``
+``side_src_index/_tgt_index``     [N, T] flat positions of the separately encoded sides,
+                                  instead of ``side_src_rows/_tgt_rows``
+================================  ===========================================================
+
+Gathering hidden states with these indices gives the same ``[N, T, H]`` views (and the same
+masks and span coordinates) as the unpacked rows, so the objectives do not know about packing.
+Positions past a sequence's end point at its first token; every mask is 0 there.
 """
 
 from __future__ import annotations
@@ -137,10 +159,77 @@ def _spans(pairs_spans: list[np.ndarray], src_shift: list[int], tgt_shift: list[
     return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), 5)
 
 
+def pack_first_fit(lengths: list[int], width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """First-fit-decreasing packing of sequences of ``lengths`` into rows of ``width`` positions.
+
+    Returns ``(row, offset, num_rows)``: sequence ``i`` occupies ``row[i]``, columns
+    ``offset[i] .. offset[i] + lengths[i]``.  Deterministic (stable sort by length, ties in input
+    order), so a resumed run packs exactly as the uninterrupted one.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    row = np.empty(len(lengths), dtype=np.int64)
+    offset = np.empty(len(lengths), dtype=np.int64)
+    free: list[int] = []  # free positions left in each open row
+    for i in order:
+        need = lengths[i]
+        for r, space in enumerate(free):
+            if space >= need:
+                break
+        else:
+            r = len(free)
+            free.append(width)
+        row[i], offset[i] = r, width - free[r]
+        free[r] -= need
+    return row, offset, len(free)
+
+
+@dataclass
+class PackedPass:
+    """One encoder pass's tensors and where each sequence landed in it."""
+
+    input_ids: torch.Tensor  # [R, W]
+    attention_mask: torch.Tensor  # [R, W] 1 = real token
+    segment_ids: torch.Tensor | None  # [R, W] (packing only)
+    position_ids: torch.Tensor | None
+    row: np.ndarray  # per sequence
+    offset: np.ndarray
+    lengths: list[int]
+
+    def index(self, sequences: range | list[int], width: int) -> torch.Tensor:
+        """[n, width] flat positions of ``sequences`` (past a sequence's end: its first token)."""
+        sel = np.asarray(list(sequences), dtype=np.int64)
+        start = self.row[sel] * self.input_ids.shape[1] + self.offset[sel]
+        cols = np.arange(width)[None, :]
+        inside = cols < np.asarray(self.lengths)[sel][:, None]
+        return torch.as_tensor(start[:, None] + np.where(inside, cols, 0))
+
+
+def _layout(rows: list[list[int]], pad: int, packing: bool) -> PackedPass:
+    """Padded rows (one per sequence), or sequences packed into rows with segment and position ids."""
+    lengths = [len(r) for r in rows]
+    if not packing:
+        ids, mask = _pad(rows, pad)
+        return PackedPass(ids, mask, None, None, np.arange(len(rows)), np.zeros(len(rows), dtype=np.int64), lengths)
+    width = max(lengths)
+    row, offset, num_rows = pack_first_fit(lengths, width)
+    ids = torch.full((num_rows, width), pad, dtype=torch.long)
+    segments = torch.zeros((num_rows, width), dtype=torch.long)
+    positions = torch.full((num_rows, width), pad, dtype=torch.long)
+    segment_of_row = [0] * num_rows
+    for i in np.lexsort((offset, row)):  # left to right within each row
+        r, o, n = int(row[i]), int(offset[i]), lengths[i]
+        segment_of_row[r] += 1
+        ids[r, o:o + n] = torch.as_tensor(rows[i], dtype=torch.long)
+        segments[r, o:o + n] = segment_of_row[r]
+        positions[r, o:o + n] = torch.arange(pad + 1, pad + 1 + n)  # XLM-R: positions start after padding_idx
+    return PackedPass(ids, (segments > 0).long(), segments, positions, row, offset, lengths)
+
+
 def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray, cfg: Config,
             special: SpecialTokens, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Tensors of one batch; masking draws from ``generator`` (seeded per step by the trainer)."""
     bos, eos, pad = special.bos, special.eos, special.pad
+    packing = bool(getattr(cfg.data, "packing", False))
     mono = [[bos, *shards.mono(int(i)).tolist(), eos] for i in mono_idx]
     pairs = [shards.bi(int(i)) for i in bi_idx]
     src = [p[0].tolist() for p in pairs]
@@ -151,34 +240,52 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
         bilingual_rows = [[bos, *x, eos, eos, *y, eos] for x, y in zip(src, tgt)]
     else:
         bilingual_rows = [[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt]
-    input_ids, attention_mask = _pad(mono + bilingual_rows, pad)
+    main = _layout(mono + bilingual_rows, pad, packing)
+    input_ids, attention_mask = main.input_ids, main.attention_mask
     special_mask = (input_ids == bos) | (input_ids == eos) | (input_ids == pad)
     masked, labels = mask_tokens(input_ids, special_mask, mask_token_id=special.mask, vocab_size=special.vocab_size,
                                  rate=cfg.objectives.mlm.rate, mask_prob=cfg.objectives.mlm.mask_prob,
                                  random_prob=cfg.objectives.mlm.random_prob, generator=generator)
     batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+    if packing:
+        batch["segment_ids"], batch["position_ids"] = main.segment_ids, main.position_ids
     if n == 0 or (cfg.objectives.seq.weight == 0 and cfg.objectives.tok.weight == 0):
         return batch
 
     src_len, tgt_len = [len(x) for x in src], [len(y) for y in tgt]
+    first_pair = len(mono)
     if tlm:
-        width = input_ids.shape[1]
+        width = max(main.lengths[first_pair:]) if packing else input_ids.shape[1]
         tgt_start = [lx + 3 for lx in src_len]
-        batch["pair_rows"] = torch.arange(len(mono), len(mono) + n)
+        if packing:
+            batch["pair_index"] = main.index(range(first_pair, first_pair + n), width)
+        else:
+            batch["pair_rows"] = torch.arange(first_pair, first_pair + n)
         batch["joint_src_mask"] = _content_mask([1] * n, src_len, width)
         batch["joint_tgt_mask"] = _content_mask(tgt_start, tgt_len, width)
         batch["joint_spans"] = _spans([p[2] for p in pairs], [1] * n, tgt_start)
     if needs_clean_pass(cfg):
-        clean_ids, clean_mask = _pad([[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt], pad)
-        batch["clean_input_ids"], batch["clean_attention_mask"] = clean_ids, clean_mask
-        side_rows, side_mask = torch.arange(2 * n), clean_mask
+        clean = _layout([[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt], pad, packing)
+        batch["clean_input_ids"], batch["clean_attention_mask"] = clean.input_ids, clean.attention_mask
+        if packing:
+            batch["clean_segment_ids"], batch["clean_position_ids"] = clean.segment_ids, clean.position_ids
+        sides, side_pass = range(2 * n), clean
     elif not tlm:
-        side_rows, side_mask = torch.arange(len(mono), len(mono) + 2 * n), attention_mask
+        sides, side_pass = range(first_pair, first_pair + 2 * n), main
     else:
         return batch  # only joint views are used
-    width = side_mask.shape[1]
-    batch["side_src_rows"], batch["side_tgt_rows"] = side_rows[:n], side_rows[n:]
-    batch["side_src_mask"], batch["side_tgt_mask"] = side_mask[side_rows[:n]], side_mask[side_rows[n:]]
+    src_sides, tgt_sides = list(sides)[:n], list(sides)[n:]
+    if packing:
+        width = max(side_pass.lengths[i] for i in sides)
+        batch["side_src_index"] = side_pass.index(src_sides, width)
+        batch["side_tgt_index"] = side_pass.index(tgt_sides, width)
+        batch["side_src_mask"] = _content_mask([0] * n, [lx + 2 for lx in src_len], width)
+        batch["side_tgt_mask"] = _content_mask([0] * n, [ly + 2 for ly in tgt_len], width)
+    else:
+        side_rows, side_mask = torch.as_tensor(list(sides)), side_pass.attention_mask
+        width = side_mask.shape[1]
+        batch["side_src_rows"], batch["side_tgt_rows"] = side_rows[:n], side_rows[n:]
+        batch["side_src_mask"], batch["side_tgt_mask"] = side_mask[side_rows[:n]], side_mask[side_rows[n:]]
     batch["side_src_valid"] = _content_mask([1] * n, src_len, width)
     batch["side_tgt_valid"] = _content_mask([1] * n, tgt_len, width)
     batch["side_spans"] = _spans([p[2] for p in pairs], [1] * n, [1] * n)

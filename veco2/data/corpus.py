@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import Veco2Error
+from ..errors import InputError, Veco2Error
 from .readers import ReadStats, read_monolingual, read_parallel
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_data"
@@ -48,8 +48,16 @@ class Corpus:
         return path
 
     def _read(self, reader, relative: str) -> list:
+        """Read one file; an empty file, or one whose every line is a skip, is an error (a wrong or
+        broken file, not noise), other skips are counted, logged and kept for the data card."""
+        path = self._path(relative)
         stats = ReadStats()
-        records = list(reader(self._path(relative), stats))
+        records = list(reader(path, stats))
+        if stats.read == 0:
+            raise InputError(path, None, "empty file (no lines)")
+        if not records:
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(stats.skipped.items()))
+            raise InputError(path, None, f"no usable line among {stats.read} ({reasons})")
         stats.log_summary()
         self.stats.append(stats)
         return records

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import logging
 import re
 import unicodedata
@@ -104,6 +105,14 @@ _WORD_BMP = re.compile("[\\w" + _ranges_class(cp for cp in range(0x10000) if uni
 
 def _word_pattern(text: str) -> re.Pattern:
     return _WORD_BMP if not text or max(text) <= "\uffff" else WORD
+
+
+_CAPTURING = {WORD: re.compile(f"({WORD.pattern})"), _WORD_BMP: re.compile(f"({_WORD_BMP.pattern})")}
+
+
+def _capturing(pattern: re.Pattern) -> re.Pattern:
+    """The same pattern as one capturing group, so that ``split`` keeps the words."""
+    return _CAPTURING[pattern]
 #: Characters of scripts written without spaces between words.
 _UNSPACED_RANGES = (
     "\u0e00-\u0eff"  # Thai, Lao
@@ -190,22 +199,22 @@ class _Side:
         return self._segment_chars(_words(text)) if self.unspaced else self._segment_words(text)
 
     def _segment_words(self, text):
-        # Hot path: find the words that can start an entry before building any span, so that a
-        # sentence costs two C-level regex scans plus one dict probe per word.
+        # Hot path: one C-level regex split gives the words and, through the running sum of the piece
+        # lengths, their boundaries: word k spans bounds[2k]:bounds[2k+1] (no match objects built).
         first, vocab = self.first, self.vocab
         folded = _folded(text)
         if folded is not None:
-            pattern = _word_pattern(text)
-            words = pattern.findall(folded)
+            parts = _capturing(_word_pattern(text)).split(folded)  # [gap, word, gap, word, ..., gap]
+            words = parts[1::2]
             hits = [i for i, word in enumerate(words) if word in first]
             if not hits:
                 return []
-            spans = [m.span() for m in pattern.finditer(folded)]
+            bounds = list(itertools.accumulate(map(len, parts)))
         else:
             triples = _words(text)
             words = [word for _, _, word in triples]
             hits = [i for i, word in enumerate(words) if word in first]
-            spans = [(start, end) for start, end, _ in triples]
+            bounds = [offset for start, end, _ in triples for offset in (start, end)]
         units, n, free = [], len(words), 0
         for i in hits:
             if i < free:  # inside the previous multi-word match
@@ -215,12 +224,12 @@ class _Side:
                     continue
                 if length == 1:
                     index = vocab.get(words[i])
-                elif all(not text[spans[k - 1][1] : spans[k][0]].strip(_JOINERS) for k in range(i + 1, i + length)):
+                elif all(not text[bounds[2 * k - 1] : bounds[2 * k]].strip(_JOINERS) for k in range(i + 1, i + length)):
                     index = vocab.get(" ".join(words[i : i + length]))
                 else:
                     index = None
                 if index is not None:
-                    units.append((spans[i][0], spans[i + length - 1][1], index))
+                    units.append((bounds[2 * i], bounds[2 * (i + length) - 1], index))
                     free = i + length
                     break
         return units
@@ -321,7 +330,14 @@ class SynonymMiner:
             entries.append((fields[0], fields[1]))
         if not entries:
             raise InputError(path, None, "dictionary has no entries")
-        return cls(entries, src_lang, tgt_lang, **options)
+        miner = cls(entries, src_lang, tgt_lang, **options)
+        if not len(miner):  # e.g. a script whose letters are not word characters (symbols, private use)
+            raise InputError(path, None, f"none of the {len(entries)} entries has a word on both sides "
+                                         "(unknown script or punctuation only?)")
+        if miner.skipped_entries:
+            log.warning("%s: skipped %d of %d entries without a word on one side (unknown script or punctuation)",
+                        path, miner.skipped_entries, len(entries))
+        return miner
 
     def __len__(self) -> int:
         """Number of distinct (source entry, target entry) translation pairs."""
@@ -351,6 +367,12 @@ class SynonymMiner:
             else:
                 candidates = [j for t_id, js in by_id.items() if t_id in wanted for j in js]
             if not candidates:
+                continue
+            if len(candidates) == 1:  # the common case: no choice to make
+                j = candidates[0]
+                if not (nearest and used[j]):
+                    used[j] = True
+                    pairs.append(((s0, s1), tgt_units[j][:2]))
                 continue
             candidates.sort()
             if not nearest:

@@ -62,6 +62,9 @@ def train_unigram_tokenizer(
     """
     from transformers import PreTrainedTokenizerFast
 
+    from ..errors import ConfigError
+
+    # Programming errors (the config check catches both first for `veco2` runs).
     texts = [text for text in texts if text]
     if not texts:
         raise ValueError("train_unigram_tokenizer: no non-empty training text")
@@ -85,6 +88,13 @@ def train_unigram_tokenizer(
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    except Exception as err:  # the Rust trainer raises a bare Exception
+        if "not large enough to contain all chars" in str(err):
+            alphabet = len(set("".join(texts)))
+            raise ConfigError(f"data.vocab_size: got {vocab_size}, too small for the {alphabet} distinct "
+                              f"characters of the training text (every character needs a piece); "
+                              f"raise data.vocab_size") from None
+        raise
     finally:
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -115,9 +125,27 @@ def train_unigram_tokenizer(
         model_max_length=model_max_length,
     )
     if out_dir is not None:
-        tokenizer.save_pretrained(str(out_dir))
-        _portable_tokenizer_class(Path(out_dir) / "tokenizer_config.json")
+        _save_atomically(tokenizer, Path(out_dir))
     return tokenizer
+
+
+def _save_atomically(tokenizer, out_dir: Path) -> None:
+    """``save_pretrained`` into a temporary directory, then move the files into ``out_dir`` with
+    ``tokenizer.json`` last: its presence marks a complete tokenizer (``veco2.trainer.prepare_data``
+    reuses it), so a run killed half-way through saving never leaves a tokenizer that looks done."""
+    import shutil
+    import tempfile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        _portable_tokenizer_class(tmp / "tokenizer_config.json")
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in sorted(names, key=lambda n: n == "tokenizer.json"):
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _portable_tokenizer_class(config_path: Path) -> None:

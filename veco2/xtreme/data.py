@@ -131,6 +131,7 @@ def load_split(task: str | TaskSpec, split: str, lang: str, *, data_root: str | 
             raise Veco2Error(f"{task.name} has no translate-train layout in its task file")
         return None
     fmt = task.local["format"]
+    _check_downloaded(root, path)
     if fmt == "tsv_pair":
         if not path.exists():
             raise _missing(task, split, lang, path)
@@ -149,6 +150,38 @@ def load_split(task: str | TaskSpec, split: str, lang: str, *, data_root: str | 
     if fmt == "tatoeba":
         return read_tatoeba(path, task.code(lang), task=task, split=split, lang=lang)
     raise Veco2Error(f"{task.path}: unknown local format {fmt!r}")
+
+
+_VERIFIED: dict[tuple, str] = {}
+
+
+def _check_downloaded(root: Path, path: Path) -> None:
+    """Check the files of ``path`` (a file or a BUCC/Tatoeba prefix) against ``root/manifest.json``.
+
+    A root written by ``veco2 prefetch`` has a manifest with the sha256 of every downloaded file; a
+    file that no longer matches (a broken copy, a partial download, an edit) is an error naming the
+    file, before anything is read from it.  Roots without a manifest (the packaged demo data, files
+    copied by hand) are read as they are.  Each file is hashed once per process (while its size and mtime stay).
+    """
+    from ..provenance import sha256_file
+
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        return
+    expected = read_json(manifest_path).get("files", {})
+    candidates = [path] if path.exists() else sorted(path.parent.glob(path.name + ".*"))
+    for candidate in candidates:
+        name = candidate.relative_to(root).as_posix()
+        if name not in expected or not candidate.is_file():
+            continue
+        stat = candidate.stat()
+        key = (candidate, stat.st_mtime_ns, stat.st_size)
+        digest = _VERIFIED.get(key) or sha256_file(candidate)
+        if digest != expected[name]:
+            raise InputError(candidate, None, f"sha256 {digest[:12]}... does not match {manifest_path} "
+                                              f"({expected[name][:12]}...): the file changed or the download is "
+                                              "incomplete; fetch it again with `veco2 prefetch`")
+        _VERIFIED[key] = digest
 
 
 # ---------------------------------------------------------------------------------------------

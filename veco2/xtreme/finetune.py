@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, Veco2Error
-from ..fileio import atomic_write, read_json, write_json, write_text
+from ..fileio import atomic_write, fault_point, read_json, write_json, write_text
 from ..provenance import config_hash, provenance, sha256_file
 from . import aggregate, metrics
 from .data import is_demo_root, load_split, resolve_root, word_windows, available_languages
@@ -480,7 +480,40 @@ def _load_model(family, model_dir: Path, seed: int):
 
     set_seed(seed)  # the new head's initialisation depends on the seed only
     auto = getattr(transformers, family.auto_class)
-    return auto.from_pretrained(model_dir, **family.model_kwargs())
+    try:
+        return auto.from_pretrained(model_dir, **family.model_kwargs())
+    except (OSError, ValueError, RuntimeError, KeyError) as err:  # truncated weights, another architecture
+        raise Veco2Error(f"{model_dir}: cannot load the pre-trained model "
+                         f"({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _numpy_rng_state() -> tuple:
+    """``np.random.get_state()`` with the key array as a tensor, so that the checkpoint holds
+    only what ``torch.load(weights_only=True)`` accepts (no pickled numpy objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """Read a fine-tuning checkpoint with ``weights_only=True`` (tensors and plain Python values only)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, or one that is not a veco2 checkpoint
+        raise Veco2Error(f"{path}: unreadable fine-tuning checkpoint ({type(err).__name__}: {_first_line(err)}); "
+                         "delete it to restart this seed") from None
+    if not isinstance(saved, dict) or "run_hash" not in saved:
+        raise Veco2Error(f"{path}: not a veco2 fine-tuning checkpoint; delete it to restart this seed")
+    return saved
 
 
 def _optimizer(model, hp: dict):
@@ -518,14 +551,17 @@ def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: in
     checkpoint, best_path = seed_dir / "checkpoint.pt", seed_dir / "best.safetensors"
 
     if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = _load_checkpoint(checkpoint)
         if saved.get("run_hash") == run_hash:
-            model.load_state_dict(saved["model"])
+            try:
+                model.load_state_dict(saved["model"])
+            except RuntimeError as err:
+                raise Veco2Error(f"{checkpoint}: checkpoint of another architecture ({_first_line(err)})") from None
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["torch_rng"])
             random.setstate(saved["python_rng"])
-            np.random.set_state(saved["numpy_rng"])
+            _set_numpy_rng_state(saved["numpy_rng"])
             state = _TrainState(**saved["state"])
             log.info("%s seed %d: resuming at step %d (epoch %d, batch %d)", task.name, seed, state.step,
                      state.epoch, state.batches_done)
@@ -549,7 +585,7 @@ def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: in
         with atomic_write(checkpoint, "wb") as handle:
             torch.save({"run_hash": run_hash, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+                        "python_rng": random.getstate(), "numpy_rng": _numpy_rng_state(),
                         "state": state.__dict__}, handle)
 
     model.train()
@@ -572,6 +608,7 @@ def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: in
                 state.epoch, state.batches_done = state.epoch + 1, 0
             if state.step >= total or state.batches_done == 0 or (eval_steps and state.step % eval_steps == 0):
                 evaluate_and_checkpoint()
+            fault_point(f"finetune-step:{state.step}")  # crash tests: killed between steps
             if state.step >= total or state.batches_done == 0:
                 break
     if not best_path.exists():  # zero steps to run (e.g. max_steps reached before a restart)

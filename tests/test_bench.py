@@ -1,0 +1,112 @@
+"""`veco2 bench` runs for a few steps and writes well-formed output; packing is exact.
+
+Benchmarks are not timed tests: nothing here asserts a speed.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_training_overrides
+
+from veco2.bench import SyntheticShards, batch_statistics, main
+from veco2.config import load_config
+from veco2.data.batching import SpecialTokens, collate, pack_first_fit
+from veco2.model import Veco2ForPretraining, build_encoder
+
+TINY = ["--data", "synthetic", "--size", "tiny", "--vocab-size", "500", "--seq-len", "24", "--batch-size", "6",
+        "--steps", "1", "--warmup", "1", "--repeats", "2", "--synthetic-count", "64", "--no-memory"]
+
+
+def test_pack_first_fit_by_hand():
+    # Decreasing order 7, 7, 5, 4, 3, 2, 1 into rows of 7: [7] [7] [5 2] [4 3] [1].
+    row, offset, rows = pack_first_fit([7, 3, 5, 2, 7, 1, 4], 7)
+    assert rows == 5
+    assert row.tolist() == [0, 3, 2, 2, 1, 4, 3]
+    assert offset.tolist() == [0, 4, 0, 5, 0, 0, 0]
+
+
+def _mini_config(packing: bool, variant: str = "mlm_seq_tok"):
+    cfg = load_config(f"ablations/{variant}.yaml", overrides=tiny_training_overrides("unused"))
+    object.__setattr__(cfg.data, "packing", packing)
+    return cfg
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_packed_sequences_are_encoded_exactly_as_alone(implementation):
+    shards = SyntheticShards.make(16, 6, 30, vocab=200, seed=1)
+    special = SpecialTokens(bos=0, eos=2, pad=1, mask=4, vocab_size=200)
+    cfg = _mini_config(False)
+    cfg.model.attn_implementation = implementation
+    torch.manual_seed(0)
+    model = Veco2ForPretraining(build_encoder(cfg.model, 200, special.pad), cfg.objectives).eval()
+    mono, bi = np.arange(5), np.arange(6)
+    plain = collate(shards, mono, bi, cfg, special, torch.Generator().manual_seed(0))
+    object.__setattr__(cfg.data, "packing", True)
+    packed = collate(shards, mono, bi, cfg, special, torch.Generator().manual_seed(0))
+    assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0]
+    assert batch_statistics(packed)["tokens"] == batch_statistics(plain)["tokens"]
+
+    def unmasked(batch):  # the masking draws differ with the shape: compare on the original ids
+        return torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+
+    with torch.no_grad():
+        for name, encoding in (("main", "joint"), ("clean", "separate")):
+            prefix = "" if name == "main" else "clean_"
+            ids_a = unmasked(plain) if name == "main" else plain["clean_input_ids"]
+            ids_b = unmasked(packed) if name == "main" else packed["clean_input_ids"]
+            a = model.encode(ids_a, plain[f"{prefix}attention_mask"])
+            b = model.encode(ids_b, packed[f"{prefix}attention_mask"], segment_ids=packed[f"{prefix}segment_ids"],
+                             position_ids=packed[f"{prefix}position_ids"])
+            view_a = model.pair_view(plain, a, a if name == "clean" else None, encoding, -1)
+            view_b = model.pair_view(packed, b, b if name == "clean" else None, encoding, -1)
+            width = view_b.src.shape[1]
+            for x, y, mask in ((view_a.src, view_b.src, view_b.src_mask), (view_a.tgt, view_b.tgt, view_b.tgt_mask)):
+                mask = mask.bool()
+                torch.testing.assert_close(x[:, :width][mask], y[mask], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(view_a.src_mask[:, :width].bool(), view_b.src_mask.bool())
+            assert torch.equal(view_a.spans, view_b.spans)
+        # Without the block-diagonal mask the packed sequences would see each other.
+        leaky = model.encode(packed["clean_input_ids"], packed["clean_attention_mask"],
+                             position_ids=packed["clean_position_ids"])
+        view = model.pair_view(packed, leaky, leaky, "separate", -1)
+        assert not torch.allclose(view.src[view_b.src_mask.bool()], view_b.src[view_b.src_mask.bool()], atol=1e-3)
+
+
+def test_bench_pretrain_writes_results(tmp_path, capsys):
+    out = tmp_path / "pretrain.json"
+    assert main(["pretrain", *TINY, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["systems"]) == {"veco2", "baseline"}
+    for system in result["systems"].values():
+        assert system["tokens_per_s"] > 0 and len(system["tokens_per_s_rounds"]) == 2
+        assert 0 <= system["padding_share"] < 1
+        assert system["mfu"] is None  # CPU: no peak FLOP/s
+    veco2, baseline = result["systems"]["veco2"], result["systems"]["baseline"]
+    assert veco2["options"]["packing"] and veco2["options"]["sparse_mlm_head"]
+    assert not baseline["options"]["packing"] and baseline["options"]["attn_implementation"] == "eager"
+    assert veco2["padding_share"] < baseline["padding_share"]
+    # The ratio is the median of the per-round ratios.
+    rounds = [a / b for a, b in zip(veco2["tokens_per_s_rounds"], baseline["tokens_per_s_rounds"])]
+    assert result["ratios"]["veco2/baseline"] == pytest.approx(float(np.median(rounds)))
+    assert result["provenance"]["git_commit"] and result["device"]["type"] == "cpu"
+    assert "veco2/baseline" in capsys.readouterr().out
+
+
+def test_bench_variants_and_peak_flops_give_mfu(tmp_path):
+    out = tmp_path / "variants.json"
+    args = [a for a in TINY if a != "--no-memory"]
+    assert main(["variants", *args, "--system", "mlm=veco2:mlm", "--system",
+                 "joint=veco2:mlm_seq_tok:objectives.seq.encoding=joint", "--peak-flops", "1e12",
+                 "--no-memory", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["ratios"]) == ["joint/mlm"]
+    joint = result["systems"]["joint"]
+    assert joint["options"]["seq_encoding"] == "joint" and not joint["options"]["clean_pass"]
+    assert joint["mfu"] == pytest.approx(joint["flops_per_token"] * joint["tokens_per_s"] / 1e12)
+
+
+def test_bench_rejects_an_unknown_system_kind(tmp_path, capsys):
+    assert main(["pretrain", *TINY, "--system", "x=hf", "--out", str(tmp_path / "x.json")]) == 2
+    assert "kind must be veco2 or baseline" in capsys.readouterr().err

@@ -1,0 +1,364 @@
+"""Reporting layer: golden tests on the synthetic results tree of tests/data/results_tree.
+
+The tree's values are documented in tests/data/results_tree/generate.py: per variant, seeds 1/2/3
+shift every fine-tuned score by -1/0/+1 times the variant's spread (so mean = base + offset,
+sample std = spread), languages en/second/third shift by +6/-2/-4 (task mean unchanged, non-English
+mean 3 below it, transfer gap 9).  Every expected number below follows from those rules by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from veco2.errors import InputError
+from veco2.report import build_report, load_results
+from veco2.report.html import external_references
+from veco2.report.tables import (MISSING, ablation_table, cost_table, main_table, per_language_table,
+                                 significance)
+
+TREE = Path(__file__).parent / "data" / "results_tree"
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return load_results(TREE)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    return build_report(TREE, tmp_path_factory.mktemp("report"))
+
+
+def _row(frame: pd.DataFrame, key: str, value: str) -> pd.Series:
+    rows = frame[frame[key] == value]
+    assert len(rows) == 1, f"{key}={value}: {len(rows)} rows"
+    return rows.iloc[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden tables
+# ---------------------------------------------------------------------------------------------
+
+
+def test_main_table_golden(tree):
+    table = main_table(tree)
+    num, disp = table.numeric, table.display
+    mlm = _row(num, "model", "mlm")
+    assert mlm["XNLI"] == pytest.approx(70.0) and mlm["XNLI std"] == pytest.approx(1.0)
+    assert mlm["XQuAD F1"] == pytest.approx(66.0) and mlm["XQuAD EM"] == pytest.approx(56.0)
+    assert mlm["TyDiQA EM std"] == pytest.approx(1.0)
+    assert mlm["BUCC"] == pytest.approx(40.0) and math.isnan(mlm["BUCC std"])  # one deterministic run
+    assert mlm["Classification"] == pytest.approx(75.0)
+    assert mlm["QA"] == pytest.approx((61 + 51 + 47) / 3)
+    assert mlm["Retrieval"] == pytest.approx(39.0) and math.isnan(mlm["Retrieval std"])
+    # XTREME score = mean of the nine task scores; 7 of 9 tasks move with the seed.
+    assert mlm["Avg"] == pytest.approx(58.0) and mlm["Avg std"] == pytest.approx(7 / 9)
+    tok = _row(num, "model", "mlm_tok")
+    assert tok["Avg"] == pytest.approx(59.5) and tok["Avg std"] == pytest.approx(14 / 9)
+
+    shown = _row(disp, "Model", "mlm")
+    assert shown["XNLI"] == "70.0 ± 1.0"
+    assert shown["XQuAD (F1/EM)"] == "66.0 ± 1.0/56.0 ± 1.0"
+    assert shown["BUCC"] == "40.0"
+    assert shown["Avg"] == "58.0 ± 0.8"
+    assert shown["Seeds"] == "3"
+    assert list(disp.columns[3:]) == ["XNLI", "PAWS-X", "POS", "NER", "XQuAD (F1/EM)", "MLQA (F1/EM)",
+                                      "TyDiQA (F1/EM)", "BUCC", "Tatoeba", "Classification", "Structured", "QA",
+                                      "Retrieval", "Avg"]
+
+    # Reference rows: visibly labelled, with their source, and outside our numbers.
+    mbert = _row(disp, "Model", "mBERT (reported)")
+    assert mbert["Source"].startswith("reported: Hu et al. 2020")
+    assert mbert["XQuAD (F1/EM)"] == "64.5/49.4" and mbert["Avg"] == "59.6"
+    assert _row(disp, "Model", "VECO large (reported)")["PAWS-X"] == "n/r"
+    assert table.row_kinds[-3:] == ["reported"] * 3
+    without = main_table(tree, references=False).numeric
+    pd.testing.assert_frame_equal(without, num.iloc[: len(without)][without.columns], check_dtype=False)
+    assert set(tree.summary["variant"]) == {"mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok"}
+
+
+def test_ablation_table_deltas_and_significance(tree):
+    table = ablation_table(tree)
+    num, disp = table.numeric, table.display
+    assert list(num["variant"]) == ["mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok"]
+    seq, tok, both = (_row(num, "variant", v) for v in ("mlm_seq", "mlm_tok", "mlm_seq_tok"))
+    assert seq["XNLI Δ"] == pytest.approx(2.0) and seq["XNLI significant"] is True  # 2 >= max(1, 1)
+    assert tok["XNLI Δ"] == pytest.approx(1.5) and tok["XNLI significant"] is False  # 1.5 < max(2, 1)
+    assert both["Avg Δ"] == pytest.approx(3.0) and both["Avg significant"] is True  # 3 >= 7/9
+    assert tok["Avg Δ"] == pytest.approx(1.5) and tok["Avg significant"] is False  # 1.5 < 14/9
+    assert seq["BUCC Δ"] == pytest.approx(2.0) and seq["BUCC significant"] is None  # single runs
+    assert _row(disp, "Variant", "mlm")["XNLI"] == "70.0 ± 1.0"
+    assert _row(disp, "Variant", "mlm_seq")["XNLI"] == "72.0 ± 1.0 (+2.0)"
+    assert _row(disp, "Variant", "mlm_tok")["XNLI"] == "71.5 ± 2.0 (+1.5 n.s.)"
+    assert _row(disp, "Variant", "mlm_seq")["BUCC"] == "42.0 (+2.0 ?)"
+    assert _row(disp, "Variant", "mlm_seq_tok")["Avg"] == "61.0 ± 0.4 (+3.0)"
+
+
+def test_significance_rule():
+    assert significance(1.0, 1.0, 0.5) is True  # equal to the larger std: not "smaller than"
+    assert significance(-0.99, math.nan, 1.0) is False
+    assert significance(2.0, math.nan, math.nan) is None
+    assert significance(math.nan, 1.0, 1.0) is None
+
+
+def test_per_language_tables(tree):
+    xnli = per_language_table(tree, "xnli")
+    mlm = _row(xnli.numeric, "variant", "mlm")
+    assert list(xnli.numeric.columns) == ["variant", "en", "de", "es", "mean (non-en)", "gap (en − rest)"]
+    assert (mlm["en"], mlm["de"], mlm["es"]) == pytest.approx((76.0, 68.0, 66.0))
+    assert mlm["mean (non-en)"] == pytest.approx(67.0) and mlm["gap (en − rest)"] == pytest.approx(9.0)
+    assert _row(xnli.display, "Model", "mlm_tok")["gap (en − rest)"] == "+9.0"
+    # QA per language = (F1 + EM) / 2: en F1 = 66 + 6 = 72, EM = 62.
+    xquad = per_language_table(tree, "xquad")
+    assert _row(xquad.numeric, "variant", "mlm")["en"] == pytest.approx(67.0)
+    # Retrieval tasks pair every language with English: no English column, gap n/a.
+    bucc = per_language_table(tree, "bucc2018")
+    assert "en" not in bucc.numeric.columns
+    assert _row(bucc.numeric, "variant", "mlm_seq")["mean (non-en)"] == pytest.approx(42.0)
+    assert set(bucc.display["gap (en − rest)"]) == {"n/a"}
+
+
+def test_cost_table(tree):
+    num = cost_table(tree).numeric
+    assert list(num["relative_cost"]) == pytest.approx([1.0, 1.25, 2.0, 2.5])
+    assert list(num["peak_rss_mb"]) == pytest.approx([2000, 2100, 2200, 2300])
+    assert list(num["wall_time_s"]) == pytest.approx([100, 125, 200, 250])
+    assert list(cost_table(tree).display["Wall time"]) == ["0:01:40", "0:02:05", "0:03:20", "0:04:10"]
+
+
+def test_retrieval_by_layer_and_sweeps_loaded(tree):
+    layers = tree.by_layer[(tree.by_layer["variant"] == "mlm") & (tree.by_layer["task"] == "bucc2018")]
+    assert dict(zip(layers["layer"], layers["score"])) == pytest.approx({0: 30.0, 1: 35.0, 2: 40.0})
+    trials = tree.sweeps["seq_weight"]["trials"]
+    assert len(trials) == 5 and trials["value"].max() == pytest.approx(58.5)
+    assert tree.missing == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Written outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_outputs_written(full_report):
+    out = full_report.out_dir
+    for name in ("main", "ablation", "cost", "per_language_xnli", "per_language_tatoeba"):
+        for ext in ("csv", "md", "tex"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
+    tex = (out / "tables" / "main.tex").read_text(encoding="utf-8")
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "70.0 $\\pm$ 1.0" in tex and "mlm\\_seq\\_tok" in tex
+    md = (out / "tables" / "ablation.md").read_text(encoding="utf-8")
+    assert "| mlm_tok " in md and "71.5 ± 2.0 (+1.5 n.s.)" in md
+    csv = pd.read_csv(out / "tables" / "main.csv")
+    assert _row(csv, "model", "mlm_seq")["Avg"] == pytest.approx(60.0)
+    for name in ("ablation_bars", "delta_heatmap", "loss_curves", "retrieval_by_layer", "sweep_seq_weight"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:2000]
+    assert (out / "missing.txt").read_text(encoding="utf-8") == ""
+    html = full_report.html.read_text(encoding="utf-8")
+    assert 'id="table-main"' in html and "mBERT (reported)" in html
+    assert html.count('src="data:image/png;base64,') == 5
+    assert external_references(html) == []
+    assert "http://" not in html and "https://" not in html
+    assert "0123456789abcdef" in html and "cfg-mlm_seq" in html  # provenance of the runs
+
+
+def test_external_reference_detector_catches_urls():
+    assert external_references('<img src="https://cdn.example/x.png">')
+    assert external_references("<link href='//cdn.example/a.css'>")
+    assert external_references("<style>a { background: url( http://x/y.png ) }</style>")
+    assert external_references('<img src="data:image/png;base64,AAAA">') == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial trees: gaps are "—" and listed, never zeros
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def partial_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("partial") / "results"
+    shutil.copytree(TREE, root, ignore=shutil.ignore_patterns("generate.py"))
+    shutil.rmtree(root / "xtreme" / "mlm_tok" / "xnli")  # a whole task
+    shutil.rmtree(root / "xtreme" / "mlm_seq" / "pawsx" / "seed3")  # one seed
+    path = root / "xtreme" / "mlm_seq_tok" / "udpos" / "seed2" / "results.json"
+    record = json.loads(path.read_text())  # a run without one of the task's languages
+    record["languages"].remove("es")
+    del record["scores"]["es"]
+    path.write_text(json.dumps(record))
+    for result in (root / "xtreme").glob("*/*/seed0/results.json"):  # retrieval without the layer sweep
+        record = json.loads(result.read_text())
+        record.pop("task_score_by_layer")
+        result.write_text(json.dumps(record))
+    (root / "pretrain" / "mlm_tok" / "metrics.jsonl").unlink()
+    (root / "benchmarks" / "pretrain" / "mlm_seq_tok.tsv").unlink()
+    shutil.copy(Path(__file__).parent / "data" / "results_tree" / "generate.py", root / "unrelated.py")
+    # The sweep's own Optuna plot (veco2.sweep writes sweeps/{study}/plots/*.png) is embedded as is.
+    (root / "sweeps" / "seq_weight" / "plots").mkdir()
+    (root / "sweeps" / "seq_weight" / "plots" / "history.png").write_bytes(_tiny_png())
+    return root
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+EXPECTED_GAPS = [
+    "xtreme/mlm_seq_tok/udpos/seed2: language(s) es missing; run left out of the means",
+    "xtreme/mlm_seq/pawsx: seed(s) 3 missing",
+    "xtreme/mlm_tok: task(s) xnli missing",
+    "pretrain/mlm_tok/metrics.jsonl missing",
+    "benchmarks/pretrain/mlm_seq_tok.tsv missing",
+]
+
+
+def test_partial_tree_shows_gaps(partial_tree, tmp_path, capsys, caplog):
+    from veco2.report.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(partial_tree), "--out", str(tmp_path / "out")])
+    with caplog.at_level("WARNING"):
+        assert args.func(args) == 0
+    stderr = capsys.readouterr().err
+    missing = (tmp_path / "out" / "missing.txt").read_text(encoding="utf-8").splitlines()
+    assert sorted(missing) == sorted(EXPECTED_GAPS)
+    for gap in EXPECTED_GAPS:
+        assert gap in stderr and gap in caplog.text
+
+    tree = load_results(partial_tree)
+    main = main_table(tree)
+    tok = _row(main.display, "Model", "mlm_tok")
+    assert tok["XNLI"] == MISSING and tok["Classification"] == MISSING and tok["Avg"] == MISSING
+    assert tok["PAWS-X"] == "81.5 ± 2.0"  # the rest of the row is still there
+    assert math.isnan(_row(main.numeric, "model", "mlm_tok")["XNLI"])
+    seq = _row(main.numeric, "model", "mlm_seq")  # seeds 1, 2 of pawsx: 81, 82
+    assert seq["PAWS-X"] == pytest.approx(81.5) and seq["PAWS-X std"] == pytest.approx(0.5 ** 0.5)
+    assert _row(main.display, "Model", "mlm_seq")["Seeds"] == "2–3"
+    both = _row(main.numeric, "model", "mlm_seq_tok")  # udpos seeds 1, 3: 77.5, 78.5
+    assert both["POS"] == pytest.approx(78.0) and both["POS std"] == pytest.approx(0.5 ** 0.5)
+
+    assert _row(ablation_table(tree).display, "Variant", "mlm_tok")["XNLI"] == MISSING
+    assert set(_row(per_language_table(tree, "xnli").display, "Model", "mlm_tok").iloc[1:]) == {MISSING}
+    assert _row(cost_table(tree).display, "Variant", "mlm_seq_tok")["Wall time"] == MISSING
+
+    csv = pd.read_csv(tmp_path / "out" / "tables" / "main.csv", keep_default_na=False)
+    assert _row(csv, "model", "mlm_tok")["XNLI"] == ""  # empty, not 0
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'id="missing"' in html and "xtreme/mlm_tok: task(s) xnli missing" in html
+    assert '<td class="missing">—</td>' in html
+    assert 'id="sweep-seq_weight-history.png"' in html
+    assert "Retrieval accuracy by layer: not available" in html
+    assert tree.by_layer.empty
+
+
+def test_bad_inputs_name_file_and_line(tmp_path):
+    root = tmp_path / "results"
+    (root / "pretrain" / "mlm").mkdir(parents=True)
+    (root / "pretrain" / "mlm" / "summary.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"summary.json:1: corrupt JSON"):
+        load_results(root)
+    (root / "pretrain" / "mlm" / "summary.json").write_text("{}")
+    bench = root / "benchmarks" / "pretrain" / "mlm.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\n1.0\t0:00:01\n")
+    with pytest.raises(InputError, match=r"mlm.tsv:2: 2 cells for 3 columns"):
+        load_results(root)
+    with pytest.raises(InputError, match="results directory not found"):
+        load_results(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook and headless Chromium
+# ---------------------------------------------------------------------------------------------
+
+
+def test_notebook_executes(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(REPO / "reports" / "veco2_results.ipynb", as_version=4)
+    os.environ["VECO2_RESULTS"] = str(TREE)
+    try:
+        nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        del os.environ["VECO2_RESULTS"]
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "4 variants: mlm, mlm_seq, mlm_tok, mlm_seq_tok" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5
+    html_tables = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "70.0 ± 1.0" in html_tables
+
+
+def _chromium(url: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
+               f"--user-data-dir={tmp / 'profile'}", "--window-size=1600,1000", *extra, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def page_requests(net_log: Path) -> list[str]:
+    """URLs the PAGE asked for, from a Chromium ``--log-net-log`` file.
+
+    Chromium's own background traffic (update checks, account probes) has initiator
+    "not an origin"; requests made by a page carry the page's origin ("null" for file://).
+    """
+    log = json.loads(net_log.read_text(encoding="utf-8"))
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for event in log["events"]:
+        params = event.get("params") or {}
+        if event["type"] == start_job and "url" in params and params.get("initiator") != "not an origin":
+            urls.append(params["url"])
+    return urls
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium, Debian package "
+                                                  "'chromium') is not installed; .ci/run installs it")
+def test_report_in_headless_chromium(full_report, tmp_path):
+    from PIL import Image
+
+    url = full_report.html.resolve().as_uri()
+    shot, net_log = tmp_path / "report.png", tmp_path / "net.json"
+    result = _chromium(url, tmp_path, f"--screenshot={shot}", f"--log-net-log={net_log}")
+    assert shot.exists(), result.stderr[-2000:]
+    requests = page_requests(net_log)
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+
+    dom = _chromium(url, tmp_path, "--dump-dom").stdout
+    assert 'id="table-main"' in dom and "70.0 ± 1.0" in dom and "mBERT (reported)" in dom
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1600, 1000)
+    # The main table sits in the first screen: its rows are dark text on white, so the middle band
+    # of the screenshot is far from blank.
+    band = image.crop((0, 250, 1600, 500))
+    dark = sum(1 for p in band.tobytes() if p < 128)
+    assert dark > 5000, f"only {dark} dark pixels where the main table should be"
+
+    # The detector itself must see a page that does fetch something.
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text('<html><body><img src="http://example.invalid/x.png"></body></html>')
+    _chromium(leaky.as_uri(), tmp_path, f"--screenshot={tmp_path / 'leaky.png'}",
+              f"--log-net-log={tmp_path / 'leaky.json'}")
+    assert "http://example.invalid/x.png" in page_requests(tmp_path / "leaky.json")

@@ -1,0 +1,109 @@
+"""Pin a GPU job to its own device on a multi-GPU machine: ``python -m veco2.devices -- COMMAND ...``.
+
+Snakemake 9 counts GPUs (``resources: gpu=1`` with a global ``--resources gpu=N``) so that at most
+N GPU jobs run at once, but it does not say *which* device a job gets (snakemake/snakemake#281 is
+still open).  Without help every job would start on device 0.  This wrapper closes the gap:
+
+1. the device pool is ``$CUDA_VISIBLE_DEVICES`` when it is set (a Slurm allocation, or a user
+   restricting the run), otherwise every GPU that ``nvidia-smi -L`` lists;
+2. it takes an exclusive, non-blocking ``flock`` on one lock file per device
+   (``$VECO2_GPU_LOCK_DIR``, default ``<tmp>/veco2-gpu-locks-<uid>``) and waits, polling, while all
+   devices are taken;
+3. it runs the command with ``CUDA_VISIBLE_DEVICES`` set to the device(s) it holds and releases
+   the locks when the command exits (the kernel also drops them if this process is killed, so a
+   crashed job never leaves a device blocked).
+
+With no GPU at all (the CPU demo) the command runs unchanged.  The exit status is the command's.
+
+Options: ``--count K`` devices per job (default 1), ``--poll SECONDS`` (default 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("veco2.devices")
+
+
+def device_pool() -> list[str]:
+    """The devices this job may use: ``$CUDA_VISIBLE_DEVICES`` if set, else the GPUs nvidia-smi lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as err:
+        log.warning("nvidia-smi -L failed (%s); running without pinning", err)
+        return []
+    return [str(i) for i, line in enumerate(l for l in listing.splitlines() if l.startswith("GPU "))]
+
+
+def lock_dir() -> Path:
+    return Path(os.environ.get("VECO2_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / f"veco2-gpu-locks-{os.getuid()}")
+
+
+def acquire(pool: list[str], count: int, poll: float, directory: Path | None = None) -> tuple[list[str], list]:
+    """Lock ``count`` devices of ``pool`` (waiting while they are busy); returns (devices, open lock files)."""
+    if count > len(pool):
+        raise SystemExit(f"veco2.devices: error: {count} device(s) wanted, only {len(pool)} in the pool {pool}")
+    directory = directory or lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        held: list[tuple[str, object]] = []
+        for device in pool:
+            handle = open(directory / f"gpu{device}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            held.append((device, handle))
+            if len(held) == count:
+                return [d for d, _ in held], [h for _, h in held]
+        for _, handle in held:  # not enough free devices: let go and try again later
+            handle.close()
+        if not waited:
+            log.info("all of %s busy; waiting for a free device", pool)
+            waited = True
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m veco2.devices", description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1, help="devices per job (default 1)")
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between tries while all are busy")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (usage: python -m veco2.devices -- COMMAND ...)")
+    logging.basicConfig(level=os.environ.get("VECO2_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pool = device_pool()
+    if not pool or args.count <= 0:
+        return subprocess.call(command)
+    devices, handles = acquire(pool, args.count, args.poll)
+    log.info("CUDA_VISIBLE_DEVICES=%s for %s", ",".join(devices), " ".join(command[:3]))
+    try:
+        return subprocess.call(command, env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(devices)})
+    finally:
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""The paper's tables from a :class:`~veco2.report.load.ResultsTree`.
+
+Each table is a :class:`Table` holding two frames with the same rows and columns:
+
+- ``numeric``: full-precision numbers (mean, std, delta ...), NaN where a value is missing;
+  written as CSV (missing = empty cell);
+- ``display``: the strings a reader sees, "mean ± std" with ``decimals`` digits, "—" for a missing
+  value (never 0); written as Markdown (``DataFrame.to_markdown``), LaTeX (pandas Styler,
+  booktabs rules) and HTML.
+
+Tables:
+
+- :func:`main_table` -- one row per model variant, the XTREME columns in the paper's order
+  (QA as F1/EM), the four category scores and the average; published reference rows
+  (SPEC section 2) below, labelled "reported" with their source and never averaged with ours.
+- :func:`per_language_table` -- one per task: languages as columns, English, the mean of the
+  other languages and the cross-lingual transfer gap (English minus that mean).
+- :func:`ablation_table` -- mlm, mlm_seq, mlm_tok, mlm_seq_tok: tasks and the average with the
+  Δ against mlm; "n.s." where |Δ| is smaller than the seed std (see :func:`significance`).
+- :func:`cost_table` -- pre-training throughput, relative cost, peak memory and wall time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from veco2.fileio import write_text
+from veco2.xtreme.aggregate import CATEGORIES, QA_TASKS, RETRIEVAL_TASKS, TASKS
+
+from .load import ABLATION_VARIANTS, BASELINE, ResultsTree
+
+MISSING = "—"  # a value that should exist but does not (a gap in the results tree)
+NOT_REPORTED = "n/r"  # a published reference row that does not report this column
+NOT_APPLICABLE = "n/a"  # e.g. English / transfer gap for retrieval tasks (tested against English)
+
+TASK_LABELS = {"xnli": "XNLI", "pawsx": "PAWS-X", "udpos": "POS", "panx": "NER", "xquad": "XQuAD", "mlqa": "MLQA",
+               "tydiqa": "TyDiQA", "bucc2018": "BUCC", "tatoeba": "Tatoeba"}  # fmt: skip
+CATEGORY_LABELS = {"classification": "Classification", "structured_prediction": "Structured",
+                   "question_answering": "QA", "retrieval": "Retrieval"}  # fmt: skip
+AVERAGE = "Avg"
+
+# Published zero-shot rows (SPEC section 2).  QA cells are (F1, EM).  None = not reported.
+REFERENCE_ROWS: tuple[dict, ...] = (
+    {"model": "mBERT", "source": "reported: Hu et al. 2020 (XTREME paper)",
+     "xnli": 65.4, "pawsx": 81.9, "udpos": 70.3, "panx": 62.2, "xquad": (64.5, 49.4), "mlqa": (61.4, 44.2),
+     "tydiqa": (59.7, 43.9), "bucc2018": 56.7, "tatoeba": 38.7, AVERAGE: 59.6},
+    {"model": "XLM-R large", "source": "reported: Hu et al. 2020 (XTREME paper)",
+     "xnli": 79.2, "pawsx": 86.4, "udpos": 72.6, "panx": 65.4, "xquad": (76.6, 60.8), "mlqa": (71.6, 53.2),
+     "tydiqa": (65.1, 45.0), "bucc2018": 66.0, "tatoeba": 57.3, AVERAGE: 68.2},
+    {"model": "VECO large", "source": "reported: AliceMind README (VECO 1.0)",
+     "xnli": 79.9, "xquad": (77.5, 61.9), "tatoeba": 75.1},
+)
+
+
+@dataclass
+class Table:
+    """A report table: ``numeric`` for CSV, ``display`` (strings) for Markdown / LaTeX / HTML."""
+
+    name: str  # file stem, also the HTML id ("main", "ablation", "per_language_xnli" ...)
+    title: str
+    numeric: pd.DataFrame
+    display: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    row_kinds: list[str] = field(default_factory=list)  # per display row: "" or "reported"
+
+    def to_markdown(self) -> str:
+        return self.display.to_markdown(index=False, disable_numparse=True)
+
+    def to_latex(self) -> str:
+        """booktabs LaTeX (``hrules=True``); "±", "—", "Δ" become LaTeX commands."""
+        styler = self.display.style.hide(axis="index").format(escape="latex")
+        styler = styler.format_index(escape="latex", axis=1)
+        caption = _latex_escape(self.title)
+        latex = styler.to_latex(hrules=True, caption=caption, label=f"tab:{self.name}", column_format=None)
+        for char, command in (("±", r"$\pm$"), ("—", "---"), ("Δ", r"$\Delta$"), ("−", "-")):
+            latex = latex.replace(char, command)
+        return latex
+
+    def to_html(self) -> str:
+        """An HTML ``<table id="table-{name}">``; reported reference rows get ``class="reported"`` and
+        missing cells ``class="missing"`` so the page can style them."""
+        head = "".join(f"<th>{escape(str(c))}</th>" for c in self.display.columns)
+        body = []
+        for i, row in enumerate(self.display.itertuples(index=False)):
+            kind = self.row_kinds[i] if i < len(self.row_kinds) else ""
+            cells = "".join(f'<td class="missing">{escape(str(v))}</td>' if str(v) == MISSING
+                            else f"<td>{escape(str(v))}</td>" for v in row)
+            body.append(f'<tr class="{kind}">{cells}</tr>' if kind else f"<tr>{cells}</tr>")
+        return (f'<table id="table-{self.name}" class="report-table"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{''.join(body)}</tbody></table>")
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Atomically write ``{name}.csv``, ``{name}.md`` and ``{name}.tex`` into ``out_dir``."""
+        out_dir = Path(out_dir)
+        paths = [out_dir / f"{self.name}.{ext}" for ext in ("csv", "md", "tex")]
+        write_text(paths[0], self.numeric.to_csv(index=False, na_rep=""))
+        notes = "".join(f"\n{note}\n" for note in self.notes)
+        write_text(paths[1], f"**{self.title}**\n\n{self.to_markdown()}\n{notes}")
+        write_text(paths[2], self.to_latex())
+        return paths
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def fmt_number(value, decimals: int = 1, *, signed: bool = False, missing: str = MISSING) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+
+
+def fmt_mean_std(mean, std, decimals: int = 1, *, missing: str = MISSING) -> str:
+    """"mean ± std"; just the mean when std is undefined (a single seed); ``missing`` for no mean."""
+    text = fmt_number(mean, decimals, missing=missing)
+    if text == missing or std is None or (isinstance(std, float) and math.isnan(std)):
+        return text
+    return f"{text} ± {std:.{decimals}f}"
+
+
+def _stat(tree: ResultsTree, variant: str, level: str, name: str) -> tuple[float, float, int]:
+    """(mean, std, n_seeds) of a summarise() row, NaN/0 when absent."""
+    s = tree.summary
+    if s.empty:
+        return math.nan, math.nan, 0
+    row = s[(s["variant"] == variant) & (s["level"] == level) & (s["name"] == name)]
+    if row.empty:
+        return math.nan, math.nan, 0
+    r = row.iloc[0]
+    return float(r["mean"]), float(r["std"]), int(r["n_seeds"])
+
+
+def _metric_stat(tree: ResultsTree, variant: str, task: str, metric: str) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) over seeds of one metric's language mean (QA F1 / EM)."""
+    if tree.runs.empty:
+        return math.nan, math.nan
+    values = tree.runs.loc[(tree.runs["variant"] == variant) & (tree.runs["task"] == task), metric]
+    values = values.dropna() if metric in tree.runs else pd.Series(dtype=float)
+    if values.empty:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1))
+
+
+def _seed_label(counts: list[int]) -> str:
+    counts = [c for c in counts if c]
+    if not counts:
+        return MISSING
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}–{high}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main XTREME table
+# ---------------------------------------------------------------------------------------------
+
+
+def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True) -> Table:
+    """Main XTREME table: our variants (mean ± std over seeds), then the reported reference rows.
+
+    Numeric columns: ``model, source, seeds`` then per task ``{Label}`` / ``{Label} std``
+    (QA: ``{Label} F1``, ``{Label} F1 std``, ``{Label} EM``, ``{Label} EM std``), the categories
+    and ``Avg`` (the XTREME score: mean of the nine task scores), each with its std.
+    """
+    num_rows, disp_rows = [], []
+    for variant in tree.variants:
+        num = {"model": variant, "source": "this suite", "seeds": None}
+        disp = {"Model": variant, "Source": "this suite"}
+        counts = []
+        for task in TASKS:
+            label = TASK_LABELS[task]
+            if task in QA_TASKS:
+                cells = []
+                for metric, short in (("f1", "F1"), ("exact_match", "EM")):
+                    mean, std = _metric_stat(tree, variant, task, metric)
+                    num[f"{label} {short}"], num[f"{label} {short} std"] = mean, std
+                    cells.append(fmt_mean_std(mean, std, decimals))
+                disp[f"{label} (F1/EM)"] = MISSING if cells == [MISSING, MISSING] else "/".join(cells)
+                counts.append(_stat(tree, variant, "task", task)[2])
+            else:
+                mean, std, n = _stat(tree, variant, "task", task)
+                num[label], num[f"{label} std"] = mean, std
+                disp[label] = fmt_mean_std(mean, std, decimals)
+                if task not in RETRIEVAL_TASKS:
+                    counts.append(n)
+        for category in CATEGORIES:
+            mean, std, _ = _stat(tree, variant, "category", category)
+            if category == "retrieval" and all(_stat(tree, variant, "task", t)[2] == 1 for t in RETRIEVAL_TASKS):
+                std = math.nan  # single deterministic runs broadcast to every seed: their "std 0" is no spread
+            num[CATEGORY_LABELS[category]], num[f"{CATEGORY_LABELS[category]} std"] = mean, std
+            disp[CATEGORY_LABELS[category]] = fmt_mean_std(mean, std, decimals)
+        mean, std, _ = _stat(tree, variant, "xtreme", "xtreme")
+        num[AVERAGE], num[f"{AVERAGE} std"] = mean, std
+        disp[AVERAGE] = fmt_mean_std(mean, std, decimals)
+        num["seeds"] = _seed_label(counts)
+        disp["Seeds"] = num["seeds"]
+        num_rows.append(num)
+        disp_rows.append(disp)
+
+    if references:
+        for ref in REFERENCE_ROWS:
+            num = {"model": ref["model"], "source": ref["source"], "seeds": None}
+            disp = {"Model": f"{ref['model']} (reported)", "Source": ref["source"]}
+            for task in TASKS:
+                label, value = TASK_LABELS[task], ref.get(task)
+                if task in QA_TASKS:
+                    f1, em = value if value is not None else (math.nan, math.nan)
+                    num.update({f"{label} F1": f1, f"{label} F1 std": math.nan, f"{label} EM": em,
+                                f"{label} EM std": math.nan})
+                    disp[f"{label} (F1/EM)"] = NOT_REPORTED if value is None else \
+                        f"{fmt_number(f1, decimals)}/{fmt_number(em, decimals)}"
+                else:
+                    num[label], num[f"{label} std"] = (math.nan if value is None else value), math.nan
+                    disp[label] = fmt_number(value, decimals, missing=NOT_REPORTED)
+            for category in CATEGORIES:  # the reference rows do not report category scores in SPEC
+                num[CATEGORY_LABELS[category]] = num[f"{CATEGORY_LABELS[category]} std"] = math.nan
+                disp[CATEGORY_LABELS[category]] = NOT_REPORTED
+            num[AVERAGE], num[f"{AVERAGE} std"] = ref.get(AVERAGE, math.nan), math.nan
+            disp[AVERAGE] = fmt_number(ref.get(AVERAGE), decimals, missing=NOT_REPORTED)
+            disp["Seeds"] = NOT_REPORTED
+            num_rows.append(num)
+            disp_rows.append(disp)
+
+    numeric = pd.DataFrame(num_rows)
+    display = pd.DataFrame(disp_rows)
+    first = ["Model", "Source", "Seeds"]
+    display = display[first + [c for c in display.columns if c not in first]] if disp_rows else display
+    notes = [
+        "Values: mean ± sample std (ddof=1) over fine-tuning seeds; one value where there is a single seed "
+        "(retrieval tasks are deterministic, seed0). QA cells are F1/EM. Avg = mean of the nine task scores "
+        "(QA task score = (F1 + EM) / 2); categories = mean of their tasks.",
+        f"{MISSING} = missing from the results tree (see missing.txt); {NOT_REPORTED} = not reported by the source. "
+        "Rows marked (reported) are published numbers, copied for reference and never included in any of "
+        "our averages or deltas.",
+    ]
+    kinds = [""] * len(tree.variants) + ["reported"] * (len(disp_rows) - len(tree.variants))
+    return Table("main", "XTREME zero-shot cross-lingual transfer results", numeric, display, notes, kinds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-language tables
+# ---------------------------------------------------------------------------------------------
+
+ENGLISH = "en"
+OTHERS = "mean (non-en)"
+GAP = "gap (en − rest)"
+
+
+def per_language_means(tree: ResultsTree, task: str) -> pd.DataFrame:
+    """``variant x language`` mean over seeds of the per-language score (NaN where missing)."""
+    langs = tree.languages.get(task, [])
+    pl = tree.per_language
+    sub = pl[pl["task"] == task] if not pl.empty else pl
+    means = sub.groupby(["variant", "language"])["score"].mean().unstack() if not sub.empty else pd.DataFrame()
+    return means.reindex(index=tree.variants, columns=langs)
+
+
+def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Table:
+    """Languages as columns (English first), the mean of the non-English languages and the gap.
+
+    Cell = mean over seeds of the language's headline metric ((F1 + EM) / 2 for QA tasks).  The
+    gap is ``en - mean(non-en)``; retrieval tasks pair every language with English and have no
+    English test set, so their English and gap cells are "n/a".
+    """
+    means = per_language_means(tree, task)
+    langs = list(means.columns)
+    has_english = ENGLISH in langs and task not in RETRIEVAL_TASKS
+    others = [lang for lang in langs if lang != ENGLISH]
+    order = ([ENGLISH] if has_english else []) + others
+    numeric = means[order].copy()
+    # A row with a missing language has no mean: never a silently shorter average.
+    numeric[OTHERS] = numeric[others].mean(axis=1, skipna=False) if others else math.nan
+    numeric[GAP] = numeric[ENGLISH] - numeric[OTHERS] if has_english else math.nan
+    numeric.insert(0, "variant", numeric.index)
+    numeric = numeric.reset_index(drop=True)
+
+    display = numeric.copy().astype(object)
+    for col in display.columns[1:]:
+        if col == GAP:
+            display[col] = [fmt_number(v, decimals, signed=True) if has_english else NOT_APPLICABLE
+                            for v in numeric[col]]
+        else:
+            display[col] = [fmt_number(v, decimals) for v in numeric[col]]
+    display = display.rename(columns={"variant": "Model"})
+    metric = "(F1 + EM) / 2" if task in QA_TASKS else {"xnli": "accuracy", "pawsx": "accuracy",
+                                                        "tatoeba": "accuracy"}.get(task, "F1")
+    notes = [f"{TASK_LABELS[task]} per language: {metric}, mean over seeds. {GAP} = English minus the mean of the "
+             f"other languages (the cross-lingual transfer gap). {MISSING} = missing."]
+    if task in RETRIEVAL_TASKS:
+        notes.append(f"{TASK_LABELS[task]} pairs every language with English: there is no English column and "
+                     f"no transfer gap ({NOT_APPLICABLE}).")
+    return Table(f"per_language_{task}", f"{TASK_LABELS[task]}: results per language", numeric, display, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation table
+# ---------------------------------------------------------------------------------------------
+
+
+def significance(delta: float, std_variant: float, std_baseline: float) -> bool | None:
+    """Whether a delta stands out of the seed noise: ``|Δ| >= max(std_variant, std_baseline)``.
+
+    Only the stds that exist are used (a single seed has none).  Returns None ("not assessable")
+    when neither exists, e.g. the deterministic retrieval tasks.  This is the issue's rule ("a
+    difference smaller than the seed std is not significant"), a noise screen rather than a
+    statistical test; with a handful of seeds nothing stronger is meaningful.
+    """
+    if delta is None or math.isnan(delta):
+        return None
+    stds = [s for s in (std_variant, std_baseline) if s is not None and not math.isnan(s)]
+    if not stds:
+        return None
+    return abs(delta) >= max(stds)
+
+
+def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=ABLATION_VARIANTS,
+                   baseline: str = BASELINE) -> Table:
+    """Rows = the ablation variants, columns = the nine tasks and Avg: "mean ± std (Δ)".
+
+    Δ = variant mean − mlm mean (full precision); the mark after Δ is "n.s." when
+    :func:`significance` is False and "?" when it cannot be assessed (single run).
+    Numeric columns per task: ``{Label}``, ``{Label} std``, ``{Label} Δ``, ``{Label} significant``.
+    """
+    columns = [(task, "task", task, TASK_LABELS[task]) for task in TASKS] + [(None, "xtreme", "xtreme", AVERAGE)]
+    num_rows, disp_rows = [], []
+    for variant in variants:
+        num, disp = {"variant": variant}, {"Variant": variant}
+        for _, level, name, label in columns:
+            mean, std, _ = _stat(tree, variant, level, name)
+            base_mean, base_std, _ = _stat(tree, baseline, level, name)
+            delta = mean - base_mean
+            sig = significance(delta, std, base_std) if variant != baseline else None
+            num.update({label: mean, f"{label} std": std, f"{label} Δ": delta if variant != baseline else math.nan,
+                        f"{label} significant": sig})
+            text = fmt_mean_std(mean, std, decimals)
+            if variant != baseline and text != MISSING:
+                mark = "" if sig else (" n.s." if sig is False else " ?")
+                text += f" ({fmt_number(delta, decimals, signed=True)}{mark})"
+            disp[label] = text
+        num_rows.append(num)
+        disp_rows.append(disp)
+    notes = [f"mean ± std over seeds (Δ = variant − {baseline}). n.s.: |Δ| is smaller than the larger seed std of "
+             f"the two rows (not significant); ?: single run, no seed std to judge by (retrieval tasks). "
+             f"{MISSING} = missing."]
+    return Table("ablation", f"Ablation of the alignment objectives (Δ against {baseline})",
+                 pd.DataFrame(num_rows), pd.DataFrame(disp_rows), notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost table
+# ---------------------------------------------------------------------------------------------
+
+
+def _median_tokens_per_s(tree: ResultsTree, variant: str) -> float:
+    """summary.json's median_tokens_per_s, else the median of metrics.jsonl (first window skipped, as the
+    trainer does: it includes start-up)."""
+    summary = tree.pretrain.get(variant) or {}
+    if summary.get("median_tokens_per_s"):
+        return float(summary["median_tokens_per_s"])
+    frame = tree.metrics.get(variant)
+    if frame is not None and "tokens_per_s" in frame and len(frame) > 1:
+        return float(np.median(frame["tokens_per_s"].iloc[1:]))
+    return math.nan
+
+
+def cost_table(tree: ResultsTree, *, baseline: str = BASELINE) -> Table:
+    """Pre-training cost per variant.
+
+    Columns: steps, tokens, tokens/s (median over log windows), relative cost = baseline tokens/s
+    ÷ variant tokens/s (time per token relative to ``mlm``; 1.25 = 25 % slower), peak memory =
+    the largest ``max_rss`` of the Snakemake benchmark file (MB, host RSS), wall time = the
+    benchmark's mean ``s`` over its repeats.
+    """
+    bench = tree.benchmarks
+    base_tps = _median_tokens_per_s(tree, baseline) if baseline in tree.variants else math.nan
+    num_rows, disp_rows = [], []
+    for variant in tree.variants:
+        summary = tree.pretrain.get(variant) or {}
+        tps = _median_tokens_per_s(tree, variant)
+        rows = bench[(bench["rule"] == "pretrain") & (bench["wildcards"] == variant)] if not bench.empty else bench
+        peak = float(rows["max_rss"].max()) if not rows.empty else math.nan
+        wall = float(rows["s"].mean()) if not rows.empty else math.nan
+        relative = base_tps / tps if tps and not math.isnan(tps) else math.nan
+        num = {"variant": variant, "steps": summary.get("steps", math.nan), "tokens": summary.get("tokens", math.nan),
+               "tokens_per_s": tps, "relative_cost": relative, "peak_rss_mb": peak, "wall_time_s": wall}
+        num_rows.append(num)
+        disp_rows.append({
+            "Variant": variant,
+            "Steps": fmt_number(num["steps"], 0),
+            "Tokens": MISSING if _nan(num["tokens"]) else f"{int(num['tokens']):,}",
+            "Tokens/s": fmt_number(tps, 0),
+            f"Cost vs {baseline} (×)": fmt_number(relative, 2),
+            "Peak memory (MB RSS)": fmt_number(peak, 0),
+            "Wall time": MISSING if _nan(wall) else _hms(wall),
+        })
+    notes = [f"Cost vs {baseline} = {baseline} tokens/s ÷ variant tokens/s (time per token, >1 = slower). "
+             "Tokens/s: median over the metrics-log windows (summary.json). Peak memory: max_rss of the "
+             "Snakemake benchmark file (host memory, MB); wall time: its mean s over repeats. "
+             f"{MISSING} = missing."]
+    return Table("cost", "Pre-training cost per variant", pd.DataFrame(num_rows), pd.DataFrame(disp_rows), notes)
+
+
+def _nan(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def build_tables(tree: ResultsTree, *, decimals: int = 1) -> list[Table]:
+    """Every table of the report: main, ablation, cost, then one per-language table per task present."""
+    tables = [main_table(tree, decimals=decimals), ablation_table(tree, decimals=decimals), cost_table(tree)]
+    tables += [per_language_table(tree, task, decimals=decimals) for task in TASKS if task in tree.languages]
+    return tables

@@ -1,0 +1,230 @@
+# Shared definitions: paths, the variant list, per-job command-line arguments.
+#
+# Everything here is evaluated once when Snakemake parses the workflow.  No study logic lives
+# here: the rules call the `veco2` command line, and this file only turns the config into the
+# file names and arguments those calls need.
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from veco2.config import load_config
+from veco2.provenance import config_hash
+from veco2.xtreme.data import DEMO_ROOT
+from veco2.xtreme.registry import get_task
+
+# Jobs find the `veco2` console script of the environment Snakemake runs in, even when that
+# environment is not activated (`.venv/bin/snakemake ...`): the environment's bin/ goes first on
+# the PATH the jobs inherit.
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+if shutil.which("veco2") is None:
+    raise WorkflowError(
+        f"the `veco2` command is not installed next to {sys.executable}; run `pip install -e .` "
+        "(or `make setup`) in the repository first"
+    )
+
+SCALE = config["scale"]
+RESULTS = f"results/{SCALE}"
+RESOURCES = f"resources/{SCALE}"
+LOGS = f"logs/{SCALE}"
+BENCH = f"{RESULTS}/benchmarks"
+
+
+def repo_path(path):
+    """A config path: as given when it exists relative to the working directory, else relative to
+    the repository (so `--directory elsewhere` still finds config/pretrain/ and ablations/)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = os.path.join(workflow.basedir, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training variants: one per ablations/*.yaml (adding a file adds a variant to the DAG)
+
+PRESET = repo_path(config["pretrain"]["preset"])
+PRETRAIN_OVERRIDES = dict(config["pretrain"].get("overrides") or {})
+ABLATION_DIR = repo_path(config["variants"]["dir"])
+
+
+def override_args(overrides):
+    """{"training.max_steps": 60} -> ["training.max_steps=60"] (values as YAML, as the CLI parses them)."""
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in overrides.items()]
+
+
+def discover_variants():
+    found = sorted(path.stem for path in Path(ABLATION_DIR).glob("*.yaml"))
+    if not found:
+        raise WorkflowError(f"variants.dir: no *.yaml ablation files in {ABLATION_DIR}")
+    wanted = config["variants"]["include"] or found
+    unknown = sorted(set(wanted) - set(found))
+    if unknown:
+        raise WorkflowError(f"variants.include: {', '.join(unknown)} not in {ABLATION_DIR} "
+                            f"(it has: {', '.join(found)})")
+    return [v for v in wanted if v not in set(config["variants"]["exclude"])]
+
+
+VARIANTS = discover_variants()
+
+
+def ablation_file(variant):
+    return os.path.join(ABLATION_DIR, f"{variant}.yaml")
+
+
+# The tokenizer is trained once per scale (when the preset says `data.tokenizer: train`) and
+# shared by every variant; a hub tokenizer (base/large: xlm-roberta-*) is used as named.
+_preset_config = load_config(PRESET, overrides=override_args(PRETRAIN_OVERRIDES))
+TRAIN_TOKENIZER = _preset_config.data.tokenizer == "train"
+TOKENIZER_DIR = f"{RESOURCES}/data/tokenizer"
+SHARD_MANIFEST = f"{RESOURCES}/data/shards/manifest.json"
+DATA_OVERRIDES = {k: v for k, v in PRETRAIN_OVERRIDES.items() if k.startswith("data.")}
+
+
+def variant_config_hash(variant):
+    """Hash of a variant's resolved pre-training config.  Rolling checkpoints live in a directory
+    named by it, so an edited ablation file starts afresh instead of resuming the old run's
+    checkpoints (which the trainer would otherwise pick up).  Loading the config here also makes a
+    bad key in an ablation file or in pretrain.overrides fail at parse time, naming the key."""
+    cfg = load_config(PRESET, ablation_file(variant), overrides=override_args(PRETRAIN_OVERRIDES)).to_dict()
+    for key in ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard"):
+        cfg["training"].pop(key, None)  # bookkeeping that does not change the trained weights
+    cfg.pop("description", None)
+    return config_hash(cfg)
+
+
+VARIANT_HASH = {variant: variant_config_hash(variant) for variant in VARIANTS}
+
+
+def pretrain_args(wildcards):
+    """KEY=VALUE overrides of `veco2 pretrain` for one variant."""
+    data = [f"data.shard_dir={RESOURCES}/data/shards"]
+    if TRAIN_TOKENIZER:
+        data.insert(0, f"data.tokenizer={TOKENIZER_DIR}")
+    checkpoints = f"training.checkpoint_dir={RESOURCES}/checkpoints/{wildcards.variant}/{VARIANT_HASH[wildcards.variant]}"
+    return [*data, checkpoints, *override_args(PRETRAIN_OVERRIDES)]
+
+
+# ---------------------------------------------------------------------------------------------
+# XTREME tasks, seeds and data
+
+TASKS = list(config["tasks"])
+FAMILY = {task: get_task(task).family for task in TASKS}
+FINETUNE_TASKS = [t for t in TASKS if FAMILY[t] != "retrieval"]
+RETRIEVAL_TASKS = [t for t in TASKS if FAMILY[t] == "retrieval"]
+SEEDS = {task: list(config["seeds"][FAMILY[task]]) for task in FINETUNE_TASKS}
+RETRIEVAL_SEED = 0  # retrieval is not fine-tuned: one run, written under seed0
+
+XTREME_SOURCE = config["xtreme"]["source"]
+if XTREME_SOURCE == "demo":
+    XTREME_ROOT = os.path.relpath(DEMO_ROOT)
+elif XTREME_SOURCE == "prefetch":
+    XTREME_ROOT = config["xtreme"]["data_root"] or "resources/xtreme"
+elif XTREME_SOURCE == "local":
+    XTREME_ROOT = config["xtreme"]["data_root"]
+    if not XTREME_ROOT:
+        raise WorkflowError("xtreme.data_root: required when xtreme.source is local")
+else:  # hub
+    XTREME_ROOT = None
+PREFETCH_MANIFEST = f"{XTREME_ROOT}/manifest.json" if XTREME_SOURCE == "prefetch" else None
+
+for _task in config["languages"]:
+    if _task not in TASKS:
+        raise WorkflowError(f"languages.{_task}: task {_task!r} is not in `tasks`")
+    get_task(_task).check_languages(config["languages"][_task])
+
+
+def data_args(task):
+    """--data-root/--hub and --languages arguments shared by finetune and evaluate."""
+    args = ["--hub"] if XTREME_ROOT is None else ["--data-root", XTREME_ROOT]
+    if task in config["languages"]:
+        args += ["--languages", *config["languages"][task]]
+    return args
+
+
+def finetune_args(wildcards):
+    args = data_args(wildcards.task)
+    if config["finetune"]["max_steps"] is not None:
+        args += ["--max-steps", str(config["finetune"]["max_steps"])]
+    hp = {**config["finetune"]["overrides"], **config["finetune"]["task_overrides"].get(wildcards.task, {})}
+    for key, value in hp.items():
+        args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    if config["finetune"]["translate_train"]:
+        args.append("--translate-train")
+    return args
+
+
+def evaluate_args(wildcards):
+    args = data_args(wildcards.task)
+    layer = config["retrieval"]["layer"]
+    if layer is not None:
+        args += ["--layer", str(layer)]
+    return args + ["--pooling", config["retrieval"]["pooling"]]
+
+
+def xtreme_data_input(wildcards):
+    """The prefetched layout, when the config asks for one (a localrule downloads it)."""
+    return [PREFETCH_MANIFEST] if PREFETCH_MANIFEST else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna sweeps (sweep.smk)
+
+SWEEPS = config["sweep"]["studies"]
+
+
+def sweep_study(wildcards):
+    return SWEEPS[wildcards.study]
+
+
+def sweep_trials(wildcards):
+    """The study's trials split over its workers (the first workers take the remainder)."""
+    study = sweep_study(wildcards)
+    share, extra = divmod(study["trials"], study["workers"])
+    return share + (1 if int(wildcards.worker) < extra else 0)
+
+
+def sweep_args(wildcards):
+    study = sweep_study(wildcards)
+    return ["--config", repo_path(study["config"]), "--study", wildcards.study,
+            "--out", f"{RESULTS}/sweeps/{wildcards.study}", *study["args"]]
+
+
+def sweep_storage(wildcards):
+    return f"{RESULTS}/sweeps/{wildcards.study}/optuna-journal.log"
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+def model_dir(variant):
+    return f"{RESULTS}/pretrain/{variant}/model"
+
+
+def xtreme_results():
+    """Every results.json of the study: variant x fine-tuned task x seed, plus variant x retrieval task."""
+    files = [f"{RESULTS}/xtreme/{v}/{t}/seed{s}/results.json" for v in VARIANTS for t in FINETUNE_TASKS for s in SEEDS[t]]
+    files += [f"{RESULTS}/xtreme/{v}/{t}/seed{RETRIEVAL_SEED}/results.json" for v in VARIANTS for t in RETRIEVAL_TASKS]
+    return files
+
+
+def final_targets():
+    targets = [f"{RESULTS}/pretrain/{v}/DONE" for v in VARIANTS] + xtreme_results()
+    if config["report"]["enabled"]:
+        targets.append(f"{RESULTS}/report/report.html")
+    return targets
+
+
+wildcard_constraints:
+    variant="|".join(map(re.escape, VARIANTS)) if VARIANTS else "[^/]+",
+    task="[a-z0-9]+",
+    seed="[0-9]+",

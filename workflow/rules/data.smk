@@ -1,0 +1,44 @@
+# Data: the pre-training tokenizer and shards (once per scale, shared by every variant) and, for
+# real runs, the XTREME task data fetched once on a networked login node.
+
+# Downloads need the network, which compute nodes often lack: run it where Snakemake runs.
+localrules:
+    prefetch_xtreme,
+
+
+rule prepare_data:
+    """Train the tokenizer (once per scale: the Unigram trainer is not bit-reproducible across
+    runs, so it is never retrained per variant) and build the pre-tokenized shards."""
+    input:
+        preset=PRESET,
+    output:
+        **({"tokenizer": directory(TOKENIZER_DIR)} if TRAIN_TOKENIZER else {}),
+        manifest=SHARD_MANIFEST,
+    params:
+        out=lambda wildcards, output: os.path.dirname(os.path.dirname(output.manifest)),
+        overrides=override_args(DATA_OVERRIDES),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/prepare_data/{SCALE}.log",
+    benchmark:
+        f"{BENCH}/prepare_data/{SCALE}.tsv"
+    shell:
+        "veco2 data prepare --config {input.preset:q} --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"
+
+
+rule prefetch_xtreme:
+    """Download the XTREME tasks into the local layout (networked; xtreme.source: prefetch)."""
+    output:
+        manifest=f"{XTREME_ROOT}/manifest.json" if XTREME_ROOT else "resources/xtreme/manifest.json",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output.manifest),
+        tasks=TASKS,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/prefetch_xtreme/prefetch.log",
+    benchmark:
+        f"{BENCH}/prefetch_xtreme/prefetch.tsv"
+    shell:
+        "veco2 prefetch --tasks {params.tasks:q} --out {params.out:q} > {log:q} 2>&1"
