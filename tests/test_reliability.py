@@ -66,7 +66,7 @@ def _kill_when(args: list[str], ready, timeout: float = 120) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Pre-training: kill -9 at six points, resume, final weights bit-identical
+# Pre-training: kill -9 at seven points, resume, final weights bit-identical
 
 
 def _assert_no_half_written_pretraining_files(out: Path) -> None:
@@ -98,7 +98,7 @@ def shared_data(small_corpus_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_pretraining_killed_at_six_points_resumes_bit_identical(small_corpus_dir, shared_data, tmp_path):
+def test_pretraining_killed_at_seven_points_resumes_bit_identical(small_corpus_dir, shared_data, tmp_path):
     overrides = tiny_training_overrides(small_corpus_dir, **{
         "data.tokenizer": shared_data / "tokenizer", "data.shard_dir": shared_data / "shards",
         "evaluation.heldout_pairs": 20})
@@ -269,9 +269,9 @@ def test_snakemake_killed_mid_dag_reruns_to_completion(small_corpus_dir, tmp_pat
         "pretrain": {"preset": "config/pretrain/demo.yaml",
                      "overrides": {key: yaml.safe_load(value) for key, value in overrides.items()}},
         "variants": {"dir": str(ablations)},
-        "tasks": ["pawsx", "tatoeba"],
+        "tasks": ["pawsx"],
         "seeds": {"classification": [1], "tagging": [1], "qa": [1]},
-        "languages": {"pawsx": ["de", "en"], "tatoeba": ["de", "fr"]},
+        "languages": {"pawsx": ["de", "en"]},
         "xtreme": {"source": "demo"},
         "finetune": {"max_steps": 4, "overrides": {"max_train_examples": 64, "batch_size": 16, "max_seq_length": 64}},
         "retrieval": {"layer": None},
@@ -292,7 +292,7 @@ def test_snakemake_killed_mid_dag_reruns_to_completion(small_corpus_dir, tmp_pat
     output = final.communicate(timeout=900)[0]
     assert final.returncode == 0, output[-4000:]
     outputs = sorted(p.relative_to(results).as_posix() for p in results.glob("**/results.json"))
-    assert outputs == ["xtreme/mlm/pawsx/seed1/results.json", "xtreme/mlm/tatoeba/seed0/results.json"]
+    assert outputs == ["xtreme/mlm/pawsx/seed1/results.json"]
     for name in outputs:  # complete, parseable, every language scored
         record = read_json(results / name)
         assert sorted(record["scores"]) == sorted(config["languages"][record["task"]])

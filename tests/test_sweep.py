@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_sweep_yaml(path: Path, corpus: Path, **changes) -> Path:
-    """A sweep over the tiny test model: 4 warm-start steps, 6-step trials reporting every 2."""
+    """A sweep over the tiny test model: 4 warm-start steps, 4-step trials reporting every 2."""
     overrides = dict(item.split("=", 1) for item in tiny_training_overrides(corpus))
     overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
     overrides.update({"data.languages": ["de", "zh"]})
@@ -34,7 +34,7 @@ def tiny_sweep_yaml(path: Path, corpus: Path, **changes) -> Path:
         "name": "tiny",
         "pretrain": {"profile": [], "ablation": str(REPO / "ablations/mlm_seq_tok.yaml"), "overrides": overrides},
         "start": {"steps": 4},
-        "trial": {"steps": 6, "report_every": 2},
+        "trial": {"steps": 4, "report_every": 2},
         "space": {"objectives.seq.temperature": {"low": 0.02, "high": 1.0, "log": True},
                   "objectives.tok.weight": {"low": 0.0, "high": 2.0}},
         "proxy": {"weights": {"retrieval": 0.5, "word_translation": 0.5}, "pairs": 30},
@@ -174,12 +174,16 @@ def test_tiny_sweep_is_deterministic_and_writes_its_report(tmp_path, small_corpu
     sweep = sw.load_sweep(config)
     runs = []
     for name in ("a", "b"):
-        result = sw.run_worker(sweep, "det", 4, tmp_path / name)
-        assert result["finished_by_worker"] == 4 and result["failed"] == 0
+        if name == "b":  # the same shared start (the Unigram tokenizer trainer is not bit-reproducible)
+            import shutil
+
+            shutil.copytree(tmp_path / "a" / "start", tmp_path / "b" / "start")
+        result = sw.run_worker(sweep, "det", 3, tmp_path / name)
+        assert result["finished_by_worker"] == 3 and result["failed"] == 0
         study = load_study(config, tmp_path / name, "det")
         runs.append([(t.params, t.value, t.state.name, t.intermediate_values) for t in study.trials])
     assert runs[0] == runs[1]  # same config, fresh study, one worker: the same trials and values
-    assert len({tuple(sorted(p.items())) for p, *_ in runs[0]}) == 4
+    assert len({tuple(sorted(p.items())) for p, *_ in runs[0]}) == 3
 
     out = tmp_path / "a"
     summary = sw.write_report(sweep, study := load_study(config, out, "det"), out,
@@ -204,7 +208,7 @@ def test_tiny_sweep_is_deterministic_and_writes_its_report(tmp_path, small_corpu
     import pandas
 
     table = pandas.read_csv(out / "trials.csv")
-    assert list(table["number"]) == [0, 1, 2, 3] and set(table["state"]) <= {"COMPLETE", "PRUNED"}
+    assert list(table["number"]) == [0, 1, 2] and set(table["state"]) <= {"COMPLETE", "PRUNED"}
     assert summary["plots"]["optimization_history"] == "written"
     for plot in ("optimization_history", "slice"):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
@@ -218,7 +222,7 @@ def test_xnli_term_enters_the_proxy(tmp_path, small_corpus_dir):
     sweep = sw.load_sweep(config)
     sw.run_worker(sweep, "x", 1, tmp_path / "out")
     trial = load_study(config, tmp_path / "out", "x").trials[0]
-    results = yaml.safe_load((Path(trial.user_attrs["trial_dir"]) / "xnli/xnli/seed0/results.json").read_text())
+    results = yaml.safe_load((Path(trial.user_attrs["trial_dir"]) / "xnli/xnli/seed3/results.json").read_text())
     assert results["selection"]["steps"] == 3 and results["languages"] == ["en"]
     assert trial.user_attrs["proxy_xnli"] == results["selection"]["best_dev_score"]
     assert "proxy_word_translation" not in trial.user_attrs
@@ -249,7 +253,7 @@ def test_two_concurrent_workers_lose_no_trial(tmp_path, small_corpus_dir, backen
 
 def test_killed_worker_resumes_and_its_trial_is_retried(tmp_path, small_corpus_dir):
     config = tiny_sweep_yaml(tmp_path / "sweep.yaml", small_corpus_dir,
-                             trial={"steps": 12, "report_every": 2}, pruner={"type": "none"})
+                             trial={"steps": 6, "report_every": 2}, pruner={"type": "none"})
     out = tmp_path / "out"
     proc = subprocess.Popen(worker_command(config, out, "kill", 2, "w"), env=run_env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

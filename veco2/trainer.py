@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 
 from .config import Config, save_config
-from .data.batching import SpecialTokens, StepSampler, collate
+from .data.batching import SpecialTokens, StepBatches, StepSampler, sequence_lengths, step_seed
 from .data.corpus import Corpus
 from .data.shards import PretrainingShards, build_shards
 from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
@@ -235,11 +235,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _step_seed(seed: int, *parts: int) -> int:
-    value = seed
-    for part in parts:
-        value = (value * 1_000_003 + part) % (2**63)
-    return value
+_step_seed = step_seed  # (seed, step, micro, rank): see veco2.data.batching.StepBatches
 
 
 def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
@@ -310,8 +306,17 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         progress = tqdm(total=t.max_steps, initial=state["step"], disable=not accelerator.is_main_process,
                         desc=f"pretrain {cfg.name}")
         model.train()
-        window = {"tokens": 0, "positions": 0, "masked": 0, "seconds": 0.0, "steps": 0}
+        window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "steps": 0}
         steps_this_run = 0
+        # Batches are built ahead by data.num_workers background processes (0: in this process),
+        # identical either way (each is a pure function of its step); pinned for the GPU copy.
+        on_gpu = accelerator.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            StepBatches(shards, sampler, cfg, special, state["step"] * t.grad_accum, t.max_steps * t.grad_accum,
+                        rank=accelerator.process_index),
+            batch_size=None, num_workers=cfg.data.num_workers, pin_memory=on_gpu,
+            prefetch_factor=4 if cfg.data.num_workers else None)
+        batches = iter(loader)
         while state["step"] < t.max_steps and (t.max_tokens is None or state["tokens"] < t.max_tokens):
             step = state["step"]
             started = time.perf_counter()
@@ -320,10 +325,10 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
             step_tokens = 0
             torch.manual_seed(_step_seed(t.seed, step, accelerator.process_index))  # dropout
             for micro in range(t.grad_accum):
-                generator = torch.Generator().manual_seed(_step_seed(t.seed, step, micro, accelerator.process_index, 7))
-                mono_idx, bi_idx = sampler.indices(step * t.grad_accum + micro)
-                batch = collate(shards, mono_idx, bi_idx, cfg, special, generator)
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                batch = next(batches)
+                lengths = sequence_lengths(batch).double()
+                window["span_x_tokens"] += float((lengths ** 2).sum())  # attention FLOPs: Σ n² over sequences
+                batch = {k: v.to(accelerator.device, non_blocking=on_gpu) for k, v in batch.items()}
                 step_tokens += int(batch["attention_mask"].sum())
                 window["positions"] += batch["attention_mask"].numel()
                 window["masked"] += int((batch["labels"] != -100).sum())
@@ -375,8 +380,8 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                           "padding_share": 1 - window["tokens"] / max(window["positions"], 1),
                           "tokens_seen": state["tokens"] * accelerator.num_processes}
                 if peak:
-                    seq_len = window["tokens"] / max(window["positions"] / batch["input_ids"].shape[1], 1)
-                    fpt = flops_per_token(core.encoder, seq_len, window["masked"] / max(window["tokens"], 1))
+                    span = window["span_x_tokens"] / max(window["tokens"], 1)  # mean attention span of a token
+                    fpt = flops_per_token(core.encoder, span, window["masked"] / max(window["tokens"], 1))
                     record["mfu"] = fpt * tokens_per_s / peak
                 if accelerator.is_main_process:
                     append_jsonl(out_dir / "metrics.jsonl", record)
@@ -385,7 +390,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                         on_log(record)
                 if t.tensorboard:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
-                window = {"tokens": 0, "positions": 0, "masked": 0, "seconds": 0.0, "steps": 0}
+                window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "steps": 0}
             if state["step"] % t.checkpoint_every == 0 and state["step"] < t.max_steps:
                 if accelerator.is_main_process:
                     save_checkpoint(checkpoint_root, state["step"], core, optimizer, scheduler,

@@ -137,6 +137,50 @@ class StepSampler:
         return out[0], out[1]
 
 
+def step_seed(seed: int, *parts: int) -> int:
+    """A seed derived from ``seed`` and integers such as (step, micro-step, rank)."""
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part) % (2**63)
+    return value
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """The trainer's batches as a dataset: item ``i`` is global micro-step ``start + i``.
+
+    Each item is a pure function of its index (sampler, masking generator seeded by
+    ``step_seed(seed, step, micro, rank, 7)``), so a ``torch.utils.data.DataLoader`` with
+    ``num_workers > 0`` (collation in background processes, pinned memory) yields exactly the
+    batches the in-process loop would, in the same order, and a resumed run starts at
+    ``start = step · grad_accum``.
+    """
+
+    def __init__(self, shards: PretrainingShards, sampler: StepSampler, cfg: Config, special: SpecialTokens,
+                 start: int, end: int, rank: int = 0):
+        self.shards, self.sampler, self.cfg, self.special = shards, sampler, cfg, special
+        self.start, self.end, self.rank = start, end, rank
+
+    def __len__(self) -> int:
+        return max(self.end - self.start, 0)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        index = self.start + i
+        step, micro = divmod(index, self.cfg.training.grad_accum)
+        generator = torch.Generator().manual_seed(step_seed(self.cfg.training.seed, step, micro, self.rank, 7))
+        mono_idx, bi_idx = self.sampler.indices(index)
+        return collate(self.shards, mono_idx, bi_idx, self.cfg, self.special, generator)
+
+
+def sequence_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Lengths of the main pass's sequences (rows, or the segments of packed rows), for FLOP counts."""
+    if "segment_ids" not in batch:
+        return batch["attention_mask"].sum(1)
+    segments = batch["segment_ids"]
+    row = torch.arange(segments.shape[0], device=segments.device)[:, None]
+    keys = (segments + (segments.shape[1] + 1) * row)[segments > 0]  # one key per (row, segment)
+    return torch.unique(keys, return_counts=True)[1]
+
+
 def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -87,7 +87,8 @@ def build_shards(corpus: Corpus, tokenizer, languages: list[str], max_length: in
             bi_spans.append(mined.spans)
             bi_lang.append(lang_id)
         manifest["bi"][lang] = {**stats.as_dict(), "empty_after_tokenization": empty,
-                                "dictionary": str(dict_path) if dict_path else None}
+                                "dictionary": str(dict_path) if dict_path else None,
+                                "dictionary_skipped_entries": miner.skipped_entries}
         if not dict_path:
             log.warning("no dictionary for en-%s: the token-level loss sees no pairs of this language", lang)
     if not mono_seqs or not src_seqs:

@@ -55,10 +55,12 @@ def train_unigram_tokenizer(
             defaults: 16, 0.75, 2).
         model_max_length: recorded in ``tokenizer_config.json`` (XLM-R: 512).
 
-    Deterministic: the same texts and settings give the same ``tokenizer.json`` (checked by the tests).
-    Training runs with ``tokenizers`` parallelism switched off for the duration of the call, and the
-    trained pieces are put in a canonical order with rounded scores (:func:`_canonical_piece_order`),
-    because the trainer's hash maps make tie order and the last bits of the scores run-dependent.
+    Reproducibility: the same texts and settings give the same pieces with the same ids (ids follow
+    the Unicode order of the pieces, see :func:`_canonical_piece_order`).  The piece *scores* are not
+    bit-identical across runs: the ``tokenizers`` Unigram trainer breaks ties between equal-count
+    pieces in hash-map order, which can move a score by ~1e-4.  Training runs with ``tokenizers``
+    parallelism switched off for the duration of the call.  Save the trained tokenizer and reuse the
+    saved directory wherever exact repeatability matters (the pipeline does).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -162,21 +164,23 @@ def _portable_tokenizer_class(config_path: Path) -> None:
 
 
 def _canonical_piece_order(backend: Tokenizer) -> Tokenizer:
-    """Re-order the trained pieces by (score descending, piece) after the leading special tokens.
+    """Give the trained pieces ids in Unicode order of the piece text, after the leading special tokens.
 
-    The Unigram trainer collects pieces in a hash map, so pieces with equal scores come out in a
-    run-dependent order, and its expected counts are summed in hash-map order, so scores differ in the
-    last bits (~1e-15) between runs.  Scores are therefore rounded to ``SCORE_DECIMALS`` decimals (far
-    below any difference that changes a segmentation) and pieces sorted, which makes ``tokenizer.json``
-    a function of the corpus alone.
+    ``tokenizers``' UnigramTrainer keeps pieces in hash maps: pieces with equal counts come out in a
+    run-dependent order, and that tie order leaks into the EM re-estimation, so a piece's final score
+    can differ between runs on the same corpus (seen: ~1e-4 on a corpus with many equal-count
+    characters; the piece *set* was the same in every run we made).  Ordering ids by score, as
+    SentencePiece does, would make the ids follow those wobbles; ordering by piece text makes the
+    ids a function of the piece set alone.  Nothing reads meaning into a Unigram piece's id (the
+    Viterbi segmentation uses scores only).  Scores are rounded to ``SCORE_DECIMALS`` decimals.
     """
     state = json.loads(backend.to_str())
     vocab = state["model"]["vocab"]
     head, rest = vocab[: len(LEADING_SPECIAL_TOKENS)], vocab[len(LEADING_SPECIAL_TOKENS) :]
     if [piece for piece, _ in head] != list(LEADING_SPECIAL_TOKENS):
         raise RuntimeError(f"unexpected leading pieces {head}: the trainer changed its special-token layout")
-    rest = [[piece, round(score, SCORE_DECIMALS)] for piece, score in rest]
-    state["model"]["vocab"] = head + sorted(rest, key=lambda entry: (-entry[1], entry[0]))
+    rest = sorted([piece, round(score, SCORE_DECIMALS)] for piece, score in rest)
+    state["model"]["vocab"] = head + rest
     return Tokenizer.from_str(json.dumps(state))
 
 

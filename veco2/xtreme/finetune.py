@@ -482,7 +482,7 @@ def _load_model(family, model_dir: Path, seed: int):
     auto = getattr(transformers, family.auto_class)
     try:
         return auto.from_pretrained(model_dir, **family.model_kwargs())
-    except (OSError, ValueError, RuntimeError, KeyError) as err:  # truncated weights, another architecture
+    except Exception as err:  # truncated weights (safetensors' own error type), another architecture
         raise Veco2Error(f"{model_dir}: cannot load the pre-trained model "
                          f"({type(err).__name__}: {_first_line(err)})") from None
 

@@ -87,6 +87,7 @@ TRAIN_TOKENIZER = _preset_config.data.tokenizer == "train"
 TOKENIZER_DIR = f"{RESOURCES}/data/tokenizer"
 SHARD_MANIFEST = f"{RESOURCES}/data/shards/manifest.json"
 DATA_OVERRIDES = {k: v for k, v in PRETRAIN_OVERRIDES.items() if k.startswith("data.")}
+DATA_SETTINGS = json.dumps(_preset_config.to_dict()["data"], sort_keys=True)
 
 
 def variant_config_hash(variant):
