@@ -110,3 +110,25 @@ def test_bench_variants_and_peak_flops_give_mfu(tmp_path):
 def test_bench_rejects_an_unknown_system_kind(tmp_path, capsys):
     assert main(["pretrain", *TINY, "--system", "x=hf", "--out", str(tmp_path / "x.json")]) == 2
     assert "kind must be veco2 or baseline" in capsys.readouterr().err
+
+
+def test_background_workers_yield_the_same_batches_as_the_loop():
+    from veco2.data.batching import StepBatches, StepSampler
+
+    shards = SyntheticShards.make(40, 6, 30, vocab=200, seed=2)
+    special = SpecialTokens(bos=0, eos=2, pad=1, mask=4, vocab_size=200)
+    cfg = _mini_config(True)
+    cfg.training.grad_accum = 2
+    sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(), 6, 0.5, 0,
+                          False, 4)
+    dataset = StepBatches(shards, sampler, cfg, special, start=6, end=12)  # resumed at step 3 of 6
+    in_process = [dataset[i] for i in range(len(dataset))]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
+    from_workers = list(loader)
+    assert len(from_workers) == 6
+    for a, b in zip(in_process, from_workers):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Item i of a resumed dataset is item start + i of a fresh one.
+    fresh = StepBatches(shards, sampler, cfg, special, start=0, end=12)
+    assert all(torch.equal(fresh[6 + i]["input_ids"], in_process[i]["input_ids"]) for i in range(6))
+    assert not torch.equal(fresh[6]["labels"], fresh[7]["labels"])

@@ -147,12 +147,23 @@ def test_devices_pins_concurrent_jobs_to_distinct_gpus(tmp_path, monkeypatch):
         handle.close()
 
 
-def test_devices_runs_the_command_on_its_device(tmp_path):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "2", "VECO2_GPU_LOCK_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "veco2.devices", "--", sys.executable, "-c",
-                          "import os; print(os.environ['CUDA_VISIBLE_DEVICES']); raise SystemExit(7)"],
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 7 and out.stdout.strip() == "2"
+def test_devices_runs_the_command_on_its_device_and_keeps_the_lock(tmp_path):
+    from veco2 import devices
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "2,4", "VECO2_GPU_LOCK_DIR": str(tmp_path)}
+    job = subprocess.Popen([sys.executable, "-m", "veco2.devices", "--", sys.executable, "-c",
+                            "import os, sys; print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); "
+                            "sys.stdin.readline(); raise SystemExit(7)"],
+                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "2"
+    # While the command runs (the wrapper has exec'd into it), GPU 2 stays locked: the next job gets 4.
+    taken, handles = devices.acquire(["2", "4"], 1, poll=0.01, directory=tmp_path)
+    assert taken == ["4"]
+    for handle in handles:
+        handle.close()
+    job.stdin.write("\n")
+    job.stdin.close()
+    assert job.wait(timeout=60) == 7  # the command's exit status
     env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU: run unchanged
     out = subprocess.run([sys.executable, "-m", "veco2.devices", "--", sys.executable, "-c", "print('cpu')"],
                          env=env, capture_output=True, text=True, timeout=60)

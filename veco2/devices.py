@@ -9,19 +9,20 @@ still open).  Without help every job would start on device 0.  This wrapper clos
 2. it takes an exclusive, non-blocking ``flock`` on one lock file per device
    (``$VECO2_GPU_LOCK_DIR``, default ``<tmp>/veco2-gpu-locks-<uid>``) and waits, polling, while all
    devices are taken;
-3. it runs the command with ``CUDA_VISIBLE_DEVICES`` set to the device(s) it holds and releases
-   the locks when the command exits (the kernel also drops them if this process is killed, so a
-   crashed job never leaves a device blocked).
+3. it *replaces itself* (``exec``) with the command, ``CUDA_VISIBLE_DEVICES`` set to the device(s)
+   it locked.  The lock file descriptors are inherited, so the command holds the locks until it
+   exits; the kernel drops them however it ends, so a killed job never leaves a device blocked.
+   Signals (Snakemake cancelling, a Slurm time limit) reach the command directly.
 
-With no GPU at all (the CPU demo) the command runs unchanged.  The exit status is the command's.
+With no GPU at all (the CPU demo) the command runs unchanged.
 
 Options: ``--count K`` devices per job (default 1), ``--poll SECONDS`` (default 2).
+The exit status is the command's (127-style errors if it cannot be started).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import logging
 import os
@@ -93,16 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("VECO2_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pool = device_pool()
-    if not pool or args.count <= 0:
-        return subprocess.call(command)
-    devices, handles = acquire(pool, args.count, args.poll)
-    log.info("CUDA_VISIBLE_DEVICES=%s for %s", ",".join(devices), " ".join(command[:3]))
-    try:
-        return subprocess.call(command, env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(devices)})
-    finally:
+    env = dict(os.environ)
+    if pool and args.count > 0:
+        devices, handles = acquire(pool, args.count, args.poll)
         for handle in handles:
-            with contextlib.suppress(OSError):
-                handle.close()
+            os.set_inheritable(handle.fileno(), True)  # the command keeps the locks after exec
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        log.info("CUDA_VISIBLE_DEVICES=%s for %s", env["CUDA_VISIBLE_DEVICES"], " ".join(command[:3]))
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as err:
+        raise SystemExit(f"veco2.devices: error: cannot run {command[0]!r}: {err.strerror}") from None
 
 
 if __name__ == "__main__":

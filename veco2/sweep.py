@@ -31,9 +31,8 @@ What one trial is
 Pruning: every ``trial.report_every`` steps the trial reports the *intermediate proxy* -- the same
 weighted mean over the cheap terms (retrieval, word translation; the fine-tune is left out) on the
 current weights -- and a median or Hyperband pruner may stop it (``optuna.TrialPruned``).  The
-trainer exposes no model to its ``on_log`` hook, so a trial runs as ``report_every``-step segments
-(``pretrain(stop_after=...)`` with a checkpoint at each segment end, which the next segment resumes
-bit-for-bit) and the intermediate terms are computed on the checkpoint.
+intermediate terms are computed inside the training run, on the live model, through the
+trainer's ``on_log`` hook (``report_every`` must be a multiple of the trial's ``log_every``).
 
 Reproducibility: the TPE sampler is seeded (``sampler.seed``), the pre-training seed is fixed, and
 CPU training is deterministic, so the same sweep config run by one worker from scratch gives the
@@ -335,13 +334,19 @@ def open_storage(url: str | None, out_dir: str | Path, heartbeat_interval: int =
         warnings.simplefilter("ignore")
         retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     if url and "://" in url:
-        try:
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                              heartbeat_stale_trial_callback=retry,
-                              engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-        except Exception as err:  # bad URL, server down, missing driver
-            raise Veco2Error(f"--storage {_redact(url)}: cannot open the database: "
-                             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        # Workers starting together on a fresh database race to create Optuna's tables (a unique
+        # violation in PostgreSQL's catalogue): retry a few times; the loser finds them created.
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                  heartbeat_stale_trial_callback=retry,
+                                  engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+            except Exception as err:  # bad URL, server down, missing driver, table-creation race
+                if attempt < 4 and ("duplicate key" in str(err) or "already exists" in str(err)):
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise Veco2Error(f"--storage {_redact(url)}: cannot open the database: "
+                                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     path = Path(url) if url else Path(out_dir) / "optuna-journal.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     storage_class = _heartbeat_journal_storage_class()
@@ -449,12 +454,13 @@ def ensure_start(sweep: Sweep, out_dir: str | Path) -> Start:
 def trial_config(sweep: Sweep, start: Start, params: dict[str, Any], name: str) -> Config:
     """The pre-training config of one trial: base + trial overrides + shared start + sampled params.
 
-    Checkpoints are written at every report (``report_every``), where the segmented run resumes.
+    Metrics are logged (and the intermediate proxy reported) every ``report_every`` steps.
     """
     t = sweep["trial"]
     extra = dict(t["overrides"])
     extra.update({"data.tokenizer": start.tokenizer, "data.shard_dir": start.shard_dir,
                   "training.max_steps": t["steps"], "training.checkpoint_every": t["report_every"],
+                  "training.log_every": t["report_every"],
                   "training.keep_checkpoints": 1, "training.checkpoint_dir": None,
                   "evaluation.heldout_pairs": sweep["proxy"]["pairs"], "name": name})
     if start.init_from:
@@ -653,27 +659,12 @@ class Evaluator:
         return float(results[0]["selection"]["best_dev_score"])
 
 
-def _checkpoint_encoder(cfg: Config, checkpoint: Path, vocab_size: int, pad_token_id: int):
-    """The MLM encoder of a trainer checkpoint (``step-N/model.safetensors``)."""
-    from safetensors.torch import load_model
-
-    from .model import Veco2ForPretraining, build_encoder
-
-    encoder = build_encoder(cfg.model, vocab_size=vocab_size, pad_token_id=pad_token_id)
-    model = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=cfg.model.sparse_mlm_head)
-    missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise Veco2Error(f"{checkpoint}: checkpoint does not fit the trial's model "
-                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    return model.encoder
-
-
 # ----------------------------------------------------------------------------------------------
 # One trial
 
 
 class TrialRunner:
-    """The objective: pre-train in ``report_every``-step segments, report, prune, score the proxy."""
+    """The objective: pre-train, report the intermediate proxy every ``report_every`` steps, prune, score."""
 
     def __init__(self, sweep: Sweep, out_dir: Path, start: Start, worker: str):
         from .data.batching import SpecialTokens
@@ -704,24 +695,25 @@ class TrialRunner:
         cheap_weights = {k: weights.get(k, 0.0) for k in CHEAP_TERMS}
         if not any(cheap_weights.values()):
             cheap_weights = {"retrieval": 1.0}  # only the fine-tune term is weighted: report retrieval
-        step, started = 0, time.time()
-        while True:
-            segment = None if step + every >= steps else every
-            result = pretrain(cfg, trial_dir, stop_after=segment)
-            if segment is None:
-                summary = result
-                break
-            step = result["stopped_at"]
-            checkpoint = trial_dir / "checkpoints" / f"step-{step:09d}"
-            encoder = _checkpoint_encoder(cfg, checkpoint, len(self.tokenizer), self.special.pad)
-            terms = self.evaluator.cheap_terms(encoder, cfg, cheap_weights)
+        started = time.time()
+
+        def report(record: dict, model) -> None:
+            step = record["step"]
+            if step % every or step >= steps:
+                return
+            terms = self.evaluator.cheap_terms(model.encoder, cfg, cheap_weights)
             value = combine(terms, cheap_weights)
             append_jsonl(trial_dir / "intermediate.jsonl", {"step": step, "value": value, **terms})
             trial.report(value, step)
             if trial.should_prune():
                 log.info("trial %d pruned at step %d (intermediate proxy %.2f)", trial.number, step, value)
-                self._clean(trial_dir, keep_model=False)
                 raise optuna.TrialPruned(f"pruned at step {step}: intermediate proxy {value:.3f}")
+
+        try:
+            summary = pretrain(cfg, trial_dir, on_log=report)
+        except optuna.TrialPruned:
+            self._clean(trial_dir, keep_model=False)
+            raise
 
         model_dir = trial_dir / "model"
         from transformers import AutoModelForMaskedLM

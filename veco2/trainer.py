@@ -239,13 +239,14 @@ _step_seed = step_seed  # (seed, step, micro, rank): see veco2.data.batching.Ste
 
 
 def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
-             on_log: Callable[[dict], None] | None = None) -> dict:
+             on_log: Callable[[dict, Veco2ForPretraining], None] | None = None) -> dict:
     """Run (or resume) pre-training; returns the summary.
 
     ``stop_after`` ends the call early after that many optimizer steps of this invocation (tests
-    simulate interruptions with it).  ``on_log(record)`` is called on the main process with every
-    metrics record (the sweeps report intermediate values and prune through it: an exception it
-    raises propagates after the record is written).
+    simulate interruptions with it).  ``on_log(record, model)`` is called on the main process with
+    every metrics record and the (unwrapped) model being trained; the sweeps evaluate intermediate
+    values and prune through it (an exception it raises propagates after the record is written).
+    It may evaluate the model: dropout is re-seeded every step, so this does not change training.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -387,7 +388,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                     append_jsonl(out_dir / "metrics.jsonl", record)
                     progress.set_postfix(loss=f"{record['loss']:.3f}")
                     if on_log is not None:
-                        on_log(record)
+                        on_log(record, core)
                 if t.tensorboard:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
                 window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "steps": 0}
