@@ -208,7 +208,6 @@ def test_tatoeba_and_bucc_evaluate_with_layer_sweep(tiny_pretrained_dir, tiny_ro
     import torch
     from transformers import AutoModel
 
-    from veco2.xtreme import retrieval
     from veco2.xtreme.evaluate import encode
 
     assert default_layer(12) == 8 and default_layer(24) == 16

@@ -49,7 +49,7 @@ def tiny_sweep_yaml(path: Path, corpus: Path, **changes) -> Path:
 
 
 def worker_command(config: Path, out: Path, study: str, trials: int, worker: str, storage: str | None = None):
-    command = [sys.executable, "-m", "veco2.sweep_cli", "--study", study, "--trials", str(trials),
+    command = [sys.executable, "-m", "veco2.cli", "sweep", "--study", study, "--trials", str(trials),
                "--config", str(config), "--out", str(out), "--worker", worker]
     return command + (["--storage", storage] if storage else [])
 

@@ -91,6 +91,15 @@ def test_adding_an_ablation_file_adds_a_variant(tmp_path):
     assert "results/demo/pretrain/mlm_seq_hot/DONE" in proc.stdout
 
 
+def test_sweep_target_plans_workers_sharing_one_study(tmp_path):
+    proc = snakemake("-n", "-p", "sweep_all", "--directory", str(tmp_path),
+                     "--configfile", str(REPO / "config" / "demo.yaml"))
+    assert job_counts(proc.stdout) == {"sweep_worker": 2, "sweep_best": 1, "sweep_all": 1, "total": 4}
+    workers = re.findall(r"veco2 sweep .*--storage (\S+) --trials (\d+) --worker (w\d)", proc.stdout)
+    assert sorted(workers) == [("results/demo/sweeps/demo/optuna-journal.log", "3", "w0"),
+                               ("results/demo/sweeps/demo/optuna-journal.log", "3", "w1")]  # 6 trials / 2
+
+
 def _write_config(tmp_path: Path, **changes) -> Path:
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for key, value in changes.items():
@@ -205,7 +214,8 @@ def e2e_run(tmp_path_factory, small_corpus_dir):
         "seeds": {"classification": [1], "tagging": [1], "qa": [1]},
         "languages": E2E_LANGUAGES,
         "xtreme": {"source": "demo"},
-        "finetune": {"max_steps": 4, "overrides": {"max_train_examples": 64, "batch_size": 16, "max_seq_length": 64}},
+        "finetune": {"max_steps": 4, "overrides": {"max_train_examples": 64, "batch_size": 16, "max_seq_length": 64},
+                     "task_overrides": {"xquad": {"max_seq_length": 128}}},  # room for a 64-token question
         "retrieval": {"layer": "all"},
         "report": {"enabled": report},
     }
@@ -269,3 +279,20 @@ def test_editing_one_ablation_reruns_only_its_jobs(e2e_run):
     outputs = re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+output: (.*)$", proc.stdout, flags=re.M)
     planned = [out for rule, out in outputs if rule in ("pretrain", "finetune", "evaluate_retrieval")]
     assert len(planned) == 5 and all("/mlm_seq/" in out for out in planned)
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_tables_figures_and_captions(e2e_run, tmp_path):
+    import zipfile
+
+    work, _, report = e2e_run
+    if not report:
+        pytest.skip("`veco2 report` is not available yet")
+    snakemake("--directory", str(work), "--configfile", str(work / "config.yaml"),
+              "--workflow-profile", str(REPO / "profiles" / "ci"), "--report", str(tmp_path / "report.zip"))
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        names = {Path(name).name for name in archive.namelist()}
+        html = archive.read(next(n for n in archive.namelist() if n.endswith("report/report.html"))).decode()
+    assert {"main.csv", "ablation.csv", "report.html", "loss_curves.png", "retrieval_by_layer.png"} <= names
+    assert "XTREME zero-shot cross-lingual transfer: one row per pre-training variant" in html  # tables.rst
+    assert "against the encoder layer" in html  # figures.rst, retrieval_by_layer

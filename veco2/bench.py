@@ -389,12 +389,24 @@ def compare(specs: list[SystemSpec], args) -> dict:
     return {"device": device_description(device), "peak_flops": peak, "systems": results}
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process's address space (``VmHWM``; reset at exec, unlike
+    ``ru_maxrss``, which a spawned child inherits from its parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _rss_probe(spec: SystemSpec, args, queue) -> None:
     device = torch.device("cpu")
     shards, special = load_data(args)
     system = System(spec, args, shards, special, device)
     run_steps(system, max(2, args.steps))
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+    queue.put(peak_rss_mib())
 
 
 def child_peak_rss(spec: SystemSpec, args) -> float:
@@ -518,7 +530,7 @@ def _retrieval_child(n: int, dim: int, k: int, chunk: int, seed: int, queue) -> 
     seconds = time.perf_counter() - started
     correct = sum(s == t for s, t, _ in candidates[:n])
     queue.put({"seconds": seconds, "candidates": len(candidates), "correct_in_top_n": int(correct),
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "peak_rss_mib": peak_rss_mib(),
                "vectors_mib": 2 * n * dim * 4 / 2**20})
 
 

@@ -25,7 +25,8 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config overrides such as training.max_steps=100 objectives.seq.weight=0.5")
 
 
-def _load(args) -> "Config":  # noqa: F821
+def _load(args):
+    """The :class:`~veco2.config.Config` of ``--config`` files and ``KEY=VALUE`` overrides."""
     from .config import load_config
 
     return load_config(*args.config, overrides=args.overrides)

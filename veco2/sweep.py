@@ -56,7 +56,6 @@ import contextlib
 import copy
 import fcntl
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -922,15 +921,7 @@ def write_report(sweep: Sweep, study, out_dir: str | Path, storage_url: str | No
     lines += ["## Plots", ""]
     lines += [f"![{k}](plots/{k}.png)" if v == "written" else f"- {k}: {v}" for k, v in plots.items()]
     lines += ["", "## Trials", "", frame.drop(columns=[c for c in frame.columns if c.startswith("datetime")])
-              .to_markdown(index=False) if _has_tabulate() else "See `trials.csv`.", ""]
+              .to_markdown(index=False), ""]
     write_text(out_dir / "report.md", "\n".join(lines))
     write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -58,28 +58,3 @@ def register(subparsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="pre-training config overrides applied to the start run and to every trial")
     parser.set_defaults(func=cmd_sweep)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m veco2.sweep_cli ARGS`` = ``veco2 sweep ARGS`` (usable before the command is wired)."""
-    import logging
-    import os
-    import sys
-
-    from .errors import Veco2Error
-
-    parser = argparse.ArgumentParser(prog="veco2")
-    parser.add_argument("--log-level", default=os.environ.get("VECO2_LOG_LEVEL", "INFO"))
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args.func(args)
-    except Veco2Error as err:
-        print(f"veco2: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -32,13 +32,10 @@ or ``python -m veco2.data.demo_build --out DIR --cache DIR``.
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import gettext
-import glob
 import gzip
 import hashlib
-import io
 import json
 import logging
 import random
