@@ -217,3 +217,15 @@ def test_200_steps_lower_every_loss_and_seq_alignment_beats_mlm_on_retrieval(pre
                 assert end < start, (variant, term, start, end)
     accuracy = {v: s["retrieval"]["accuracy"]["mean"] for v, s in summaries.items()}
     assert accuracy["mlm_seq"] > accuracy["mlm"] + 10, accuracy
+
+
+def test_resuming_with_another_config_is_refused(prepared, small_corpus_dir, tmp_path):
+    data_dir = prepared[3]
+    shared = {"data.tokenizer": data_dir / "tokenizer", "data.shard_dir": data_dir / "shards"}
+    pretrain(_config(small_corpus_dir, **shared), tmp_path, stop_after=4)
+    # Logging and checkpoint cadence may change between a run and its resumption ...
+    assert pretrain(_config(small_corpus_dir, **shared, **{"training.log_every": 4}), tmp_path,
+                    stop_after=4) == {"stopped_at": 8}
+    # ... anything that changes the weights may not.
+    with pytest.raises(Veco2Error, match=r"step-000000008: checkpoint of a run with another config"):
+        pretrain(_config(small_corpus_dir, **shared, **{"objectives.seq.weight": 0.5}), tmp_path)

@@ -269,6 +269,15 @@ def test_partial_tree_shows_gaps(partial_tree, tmp_path, capsys, caplog):
     assert tree.by_layer.empty
 
 
+def test_tree_without_any_qa_task_renders_qa_columns_as_missing(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(TREE, root, ignore=shutil.ignore_patterns("generate.py", "xquad", "mlqa", "tydiqa"))
+    main = main_table(load_results(root))
+    row = _row(main.display, "Model", "mlm")
+    assert row["XQuAD (F1/EM)"] == row["QA"] == row["Avg"] == MISSING
+    assert row["XNLI"] == "70.0 ± 1.0"
+
+
 def test_bad_inputs_name_file_and_line(tmp_path):
     root = tmp_path / "results"
     (root / "pretrain" / "mlm").mkdir(parents=True)

@@ -95,9 +95,11 @@ def test_sweep_target_plans_workers_sharing_one_study(tmp_path):
     proc = snakemake("-n", "-p", "sweep_all", "--directory", str(tmp_path),
                      "--configfile", str(REPO / "config" / "demo.yaml"))
     assert job_counts(proc.stdout) == {"sweep_worker": 2, "sweep_best": 1, "sweep_all": 1, "total": 4}
-    workers = re.findall(r"veco2 sweep .*--storage (\S+) --trials (\d+) --worker (w\d)", proc.stdout)
+    workers = re.findall(r"veco2 sweep --storage (\S+) .*--trials (\d+) --worker (w\d)", proc.stdout)
     assert sorted(workers) == [("results/demo/sweeps/demo/optuna-journal.log", "3", "w0"),
                                ("results/demo/sweeps/demo/optuna-journal.log", "3", "w1")]  # 6 trials / 2
+    assert re.search(r"veco2 sweep --storage \S+ --config \S*config/sweep/demo.yaml --study demo "
+                     r"--out results/demo/sweeps/demo --report-only", proc.stdout)
 
 
 def _write_config(tmp_path: Path, **changes) -> Path:

@@ -44,7 +44,7 @@ from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
 from .errors import Veco2Error
 from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, write_json, write_text
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
-from .provenance import provenance
+from .provenance import config_hash, provenance
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,20 @@ def prepare_data(cfg: Config, out_dir: str | Path) -> tuple[object, PretrainingS
 
 def _checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+# Settings that may change between a run and its resumption: they do not change the weights.
+RESUMABLE_KEYS = {"name", "description", "evaluation"}
+RESUMABLE_TRAINING_KEYS = {"checkpoint_every", "keep_checkpoints", "checkpoint_dir", "log_every", "tensorboard",
+                           "max_nonfinite_skips", "peak_flops", "compile"}
+
+
+def resume_hash(cfg: Config) -> str:
+    """Hash of the settings a checkpoint must share with the run that resumes it."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
+    settings["training"] = {k: v for k, v in settings["training"].items() if k not in RESUMABLE_TRAINING_KEYS}
+    settings["data"] = {k: v for k, v in settings["data"].items() if k != "num_workers"}
+    return config_hash(settings)
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict, keep: int) -> Path:
@@ -280,10 +294,15 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
 
         checkpoint_root = Path(t.checkpoint_dir) if t.checkpoint_dir else out_dir / "checkpoints"
-        state = {"step": 0, "tokens": 0, "skipped_nonfinite": 0}
+        state = {"step": 0, "tokens": 0, "skipped_nonfinite": 0, "config_hash": resume_hash(cfg)}
         existing = _checkpoints(checkpoint_root)
         if existing:
-            state = load_checkpoint(existing[-1], model, optimizer, scheduler)
+            resumed = load_checkpoint(existing[-1], model, optimizer, scheduler)
+            if resumed.get("config_hash") != state["config_hash"]:
+                raise Veco2Error(f"{existing[-1]}: checkpoint of a run with another config (hash "
+                                 f"{resumed.get('config_hash')}, this run {state['config_hash']}); delete "
+                                 f"{checkpoint_root} to start over or set training.checkpoint_dir")
+            state = resumed
             log.info("resumed from %s (step %d)", existing[-1], state["step"])
         if accelerator.is_main_process:
             _rewind_metrics(out_dir / "metrics.jsonl", state["step"])

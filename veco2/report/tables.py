@@ -145,10 +145,9 @@ def _stat(tree: ResultsTree, variant: str, level: str, name: str) -> tuple[float
 
 def _metric_stat(tree: ResultsTree, variant: str, task: str, metric: str) -> tuple[float, float]:
     """Mean and sample std (ddof=1) over seeds of one metric's language mean (QA F1 / EM)."""
-    if tree.runs.empty:
+    if tree.runs.empty or metric not in tree.runs:  # e.g. no QA task in the tree: no exact_match column
         return math.nan, math.nan
-    values = tree.runs.loc[(tree.runs["variant"] == variant) & (tree.runs["task"] == task), metric]
-    values = values.dropna() if metric in tree.runs else pd.Series(dtype=float)
+    values = tree.runs.loc[(tree.runs["variant"] == variant) & (tree.runs["task"] == task), metric].dropna()
     if values.empty:
         return math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1))

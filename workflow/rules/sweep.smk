@@ -24,7 +24,8 @@ rule sweep_worker:
     benchmark:
         f"{BENCH}/sweep_worker/{{study}}/w{{worker}}.tsv"
     shell:
-        "python -m veco2.devices -- veco2 sweep {params.args:q} --storage {params.storage:q}"
+        # --storage first: a study's own `args: [--storage, URL]` comes later and wins.
+        "python -m veco2.devices -- veco2 sweep --storage {params.storage:q} {params.args:q}"
         " --trials {params.trials} --worker w{wildcards.worker} > {log:q} 2>&1"
 
 
@@ -49,8 +50,7 @@ rule sweep_best:
     benchmark:
         f"{BENCH}/sweep_best/{{study}}.tsv"
     shell:
-        # --trials 0: run no trial, only write the study's report (best.yaml, trials.csv, plots).
-        "veco2 sweep {params.args:q} --storage {params.storage:q} --trials 0 --worker report > {log:q} 2>&1"
+        "veco2 sweep --storage {params.storage:q} {params.args:q} --report-only > {log:q} 2>&1"
 
 
 rule sweep_all:
