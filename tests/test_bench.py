@@ -16,7 +16,8 @@ from veco2.data.batching import SpecialTokens, collate, pack_first_fit
 from veco2.model import Veco2ForPretraining, build_encoder
 
 TINY = ["--data", "synthetic", "--size", "tiny", "--vocab-size", "500", "--seq-len", "24", "--batch-size", "6",
-        "--steps", "1", "--warmup", "1", "--repeats", "2", "--synthetic-count", "64", "--no-memory"]
+        "--steps", "1", "--warmup", "1", "--repeats", "2", "--synthetic-count", "64", "--no-memory",
+        "--threads", "1"]  # one thread: a shared CI machine makes 2 threads wait for each other
 
 
 def test_pack_first_fit_by_hand():

@@ -75,8 +75,9 @@ def test_length_bucketing_cuts_padding(prepared):
     assert padding(True) < padding(False) / 2
 
 
-def test_collate_builds_tlm_rows_and_side_views(prepared):
-    cfg, tokenizer, shards, _ = prepared
+def test_collate_builds_tlm_rows_and_side_views(prepared, small_corpus_dir):
+    _, tokenizer, shards, _ = prepared
+    cfg = _config(small_corpus_dir, **{"data.packing": False})  # one row per instance, to read it back
     special = SpecialTokens.of(tokenizer)
     mono_idx, bi_idx = np.array([0, 1]), np.array([3, 5, 8])
     batch = collate(shards, mono_idx, bi_idx, cfg, special, torch.Generator().manual_seed(0))
@@ -102,23 +103,20 @@ def test_collate_builds_tlm_rows_and_side_views(prepared):
     assert len(batch["joint_spans"]) > 0
 
 
-def test_separate_bilingual_mode_reuses_the_main_pass(prepared):
-    cfg, tokenizer, shards, _ = prepared
-    cfg.objectives.mlm.bilingual = "separate"
-    cfg.objectives.tok.encoding = "separate"
-    try:
-        batch = collate(shards, np.array([0]), np.array([1, 2]), cfg, SpecialTokens.of(tokenizer),
-                        torch.Generator().manual_seed(0))
-    finally:
-        cfg.objectives.mlm.bilingual = "tlm"
-        cfg.objectives.tok.encoding = "joint"
+def test_separate_bilingual_mode_reuses_the_main_pass(prepared, small_corpus_dir):
+    _, tokenizer, shards, _ = prepared
+    cfg = _config(small_corpus_dir, **{"data.packing": False, "objectives.mlm.bilingual": "separate",
+                                       "objectives.tok.encoding": "separate"})
+    batch = collate(shards, np.array([0]), np.array([1, 2]), cfg, SpecialTokens.of(tokenizer),
+                    torch.Generator().manual_seed(0))
     assert "clean_input_ids" not in batch
     assert batch["input_ids"].shape[0] == 5
     assert batch["side_src_rows"].tolist() == [1, 2] and batch["side_tgt_rows"].tolist() == [3, 4]
 
 
-def test_sparse_mlm_loss_equals_the_hf_full_vocabulary_loss(prepared):
-    cfg, tokenizer, shards, _ = prepared
+def test_sparse_mlm_loss_equals_the_hf_full_vocabulary_loss(prepared, small_corpus_dir):
+    _, tokenizer, shards, _ = prepared
+    cfg = _config(small_corpus_dir, **{"data.packing": False})  # HF's own forward knows no packing
     special = SpecialTokens.of(tokenizer)
     torch.manual_seed(0)
     encoder = build_encoder(cfg.model, len(tokenizer), special.pad).eval()

@@ -78,15 +78,13 @@ from .data.batching import SpecialTokens, StepSampler, collate, needs_clean_pass
 from .errors import Veco2Error
 from .fileio import write_json
 from .model import SIZES, Veco2ForPretraining, build_encoder, flops_per_token
-from .objectives import SequenceContrastive, TokenContrastive
 from .provenance import provenance
+from .trainer import PEAK_FLOPS
 
 REPO = Path(__file__).resolve().parent.parent
-PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
 
-# Options of veco2's system unless a spec overrides them.  data.packing is set as an attribute
-# (see _apply_overrides) until veco2.config.DataConfig has the field.  Packing without length
-# bucketing leaves ~1.5% padding on the demo corpus (bucketing + packing: 4-11%, since rows of
+# Options of veco2's system unless a spec overrides them (they are also the config defaults; listed
+# so that a benchmark records them explicitly).  Packing without length bucketing leaves ~1.5% padding on the demo corpus (bucketing + packing: 4-11%, since rows of
 # similar length pack badly), and it keeps every system on the same batches.
 VECO2_DEFAULTS = ["data.packing=true", "data.bucket_by_length=false", "model.sparse_mlm_head=true",
                   "model.attn_implementation=sdpa"]
@@ -191,13 +189,7 @@ def _apply_overrides(variant: str, overrides: list[str]) -> Config:
     path = REPO / "ablations" / f"{variant}.yaml"
     if not path.exists():
         raise Veco2Error(f"objective variant {variant!r}: {path} not found")
-    # data.packing is not (yet) a DataConfig field everywhere: set it as an attribute.
-    packing = [o for o in overrides if o.split("=", 1)[0] == "data.packing"]
-    cfg = load_config(path, overrides=[o for o in overrides if o not in packing])
-    if packing and not hasattr(cfg.data, "packing"):
-        object.__setattr__(cfg.data, "packing", packing[-1].split("=", 1)[1].strip().lower() in ("true", "1", "yes"))
-    elif packing:
-        cfg = load_config(path, overrides=overrides)
+    cfg = load_config(path, overrides=overrides)
     return cfg
 
 
@@ -235,7 +227,7 @@ class System:
         self.weights = {"mlm": cfg.objectives.mlm.weight, "seq": cfg.objectives.seq.weight,
                         "tok": cfg.objectives.tok.weight}
         self.step_index = 0
-        self.options = {"packing": bool(getattr(cfg.data, "packing", False)),
+        self.options = {"packing": cfg.data.packing,
                         "bucket_by_length": cfg.data.bucket_by_length, "sparse_mlm_head": cfg.model.sparse_mlm_head,
                         "attn_implementation": cfg.model.attn_implementation, "bf16_autocast": self.bf16,
                         "fused_adamw": fused, "compile": spec.kind == "veco2" and args.compile,
@@ -304,6 +296,7 @@ def batch_statistics(batch: dict[str, torch.Tensor]) -> dict[str, float]:
     # A token attends to the tokens of its own sequence: token-weighted mean span = Σ n² / Σ n.
     span = float((counts ** 2).sum() / counts.sum())
     return {"tokens": tokens, "positions": positions, "real_positions": real,
+            "main_positions": batch["attention_mask"].numel(),
             "masked": int((batch["labels"] != -100).sum()), "span_x_tokens": span * tokens}
 
 
@@ -319,7 +312,7 @@ def _sync(device: torch.device) -> None:
 def run_steps(system: System, steps: int) -> dict[str, float]:
     _sync(system.device)
     started = time.perf_counter()
-    totals = {"tokens": 0, "positions": 0, "real_positions": 0, "masked": 0, "span_x_tokens": 0.0}
+    totals = {"tokens": 0, "positions": 0, "real_positions": 0, "main_positions": 0, "masked": 0, "span_x_tokens": 0.0}
     for _ in range(steps):
         for key, value in system.step().items():
             totals[key] += value
@@ -339,6 +332,16 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
 
 def compare(specs: list[SystemSpec], args) -> dict:
     """Build every system, warm up, then alternate them for ``args.repeats`` rounds."""
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _compare(specs, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare(specs: list[SystemSpec], args) -> dict:
     device = resolve_device(args.device)
     shards, special = load_data(args)
     systems = [System(spec, args, shards, special, device) for spec in specs]
@@ -365,7 +368,7 @@ def compare(specs: list[SystemSpec], args) -> dict:
         masked_share = sum(x["masked"] for x in rs) / max(tokens, 1)
         span = sum(x["span_x_tokens"] for x in rs) / max(tokens, 1)
         head_share = masked_share if system.cfg.model.sparse_mlm_head else \
-            sum(x["positions"] for x in rs) / max(tokens, 1)  # the full head runs at every position
+            sum(x["main_positions"] for x in rs) / max(tokens, 1)  # the full head: every main-pass position
         fpt = flops_per_token(system.encoder, span, head_share)
         tps = statistics.median(x["tokens"] / x["seconds"] for x in rs)
         entry = {
@@ -402,6 +405,8 @@ def peak_rss_mib() -> float:
 
 
 def _rss_probe(spec: SystemSpec, args, queue) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     shards, special = load_data(args)
     system = System(spec, args, shards, special, device)
@@ -452,7 +457,7 @@ def write_report(name: str, args, payload: dict) -> Path:
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{name}.json"
     load = os.getloadavg()
     record = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": getattr(args, "command_line", None) or " ".join(sys.argv),
+              "command": " ".join(sys.argv),
               "load_average": [round(x, 2) for x in load], "arguments": {k: v for k, v in vars(args).items() if k != "func"},
               **payload, "provenance": provenance({k: v for k, v in vars(args).items() if k != "func"})}
     write_json(out, record)
@@ -587,6 +592,9 @@ def _training_arguments(parser: argparse.ArgumentParser, variant: bool = True) -
     parser.add_argument("--cache", default=os.environ.get("VECO2_BENCH_CACHE",
                                                           str(Path.home() / ".cache" / "veco2" / "bench")))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); on a loaded machine 2 threads can be far "
+                             "slower than 1 (threads wait for each other)")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                         help="veco2 on GPU: bf16 autocast (auto) or fp32; the baseline is always fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile veco2's model (GPU)")
@@ -630,18 +638,10 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m veco2.bench ...`` (the same as ``veco2 bench ...``)."""
-    parser = argparse.ArgumentParser(prog="veco2")
-    register(parser.add_subparsers(dest="command", required=True))
+    from .cli import main as veco2_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv = argv if argv[:1] == ["bench"] else ["bench", *argv]
-    args = parser.parse_args(argv)
-    args.command_line = "python -m veco2." + " ".join(argv)
-    try:
-        args.func(args)
-    except Veco2Error as err:
-        print(f"veco2: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return veco2_main(argv if argv[:1] == ["bench"] else ["bench", *argv])
 
 
 if __name__ == "__main__":

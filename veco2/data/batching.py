@@ -289,7 +289,7 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
             special: SpecialTokens, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Tensors of one batch; masking draws from ``generator`` (seeded per step by the trainer)."""
     bos, eos, pad = special.bos, special.eos, special.pad
-    packing = bool(getattr(cfg.data, "packing", False))
+    packing = cfg.data.packing
     mono = [[bos, *shards.mono(int(i)).tolist(), eos] for i in mono_idx]
     pairs = [shards.bi(int(i)) for i in bi_idx]
     src = [p[0].tolist() for p in pairs]

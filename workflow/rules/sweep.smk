@@ -26,7 +26,7 @@ rule sweep_worker:
     shell:
         # --storage first: a study's own `args: [--storage, URL]` comes later and wins.
         "python -m veco2.devices -- veco2 sweep --storage {params.storage:q} {params.args:q}"
-        " --trials {params.trials} --worker w{wildcards.worker} > {log:q} 2>&1"
+        " --trials {params.trials:q} --worker w{wildcards.worker:q} > {log:q} 2>&1"
 
 
 rule sweep_best:
