@@ -2,15 +2,11 @@
 tiny trained tokenizer, corpus mining (in process and with workers) and the span storage format."""
 
 import gzip
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from veco2.data.synonyms import (  # noqa: E402
+from veco2.data.synonyms import (
     MiningStats,
     SynonymMiner,
     char_to_token_spans,
@@ -20,8 +16,8 @@ from veco2.data.synonyms import (  # noqa: E402
     save_spans,
     spans_of_pair,
 )
-from veco2.data.tokenizer import train_unigram_tokenizer  # noqa: E402
-from veco2.errors import ConfigError, InputError  # noqa: E402
+from veco2.data.tokenizer import train_unigram_tokenizer
+from veco2.errors import ConfigError, InputError
 
 
 def matched_words(miner, src, tgt):

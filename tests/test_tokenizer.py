@@ -1,17 +1,12 @@
 """Unigram tokenizer in the XLM-R layout: special ids, pair template, determinism, offline reload."""
 
-import os
+import json
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import pytest
+from transformers import AutoTokenizer
 
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from veco2.data.tokenizer import load_tokenizer, train_unigram_tokenizer  # noqa: E402
-from veco2.errors import Veco2Error  # noqa: E402
+from veco2.data.tokenizer import load_tokenizer, train_unigram_tokenizer
+from veco2.errors import Veco2Error
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
