@@ -620,10 +620,10 @@ class Evaluator:
                                  "proxy.weights.word_translation to 0")
 
     def layer(self, cfg: Config, num_layers: int) -> int:
-        from .trainer import default_retrieval_layer
+        from .xtreme.evaluate import default_layer
 
         layer = cfg.evaluation.retrieval_layer
-        return layer if layer is not None else default_retrieval_layer(num_layers)
+        return layer if layer is not None else default_layer(num_layers)
 
     def cheap_terms(self, mlm_encoder, cfg: Config, weights: dict[str, float],
                     retrieval: float | None = None) -> dict[str, float | None]:

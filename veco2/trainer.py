@@ -45,6 +45,7 @@ from .errors import Veco2Error
 from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, write_json, write_text
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
 from .provenance import config_hash, provenance
+from .xtreme.evaluate import default_layer
 
 log = logging.getLogger(__name__)
 
@@ -178,32 +179,11 @@ def _rewind_metrics(path: Path, step: int) -> None:
 # Evaluation
 
 
-@torch.no_grad()
-def sentence_vectors(encoder, tokenizer, sentences: list[str], layer: int, pooling: str = "mean",
-                     batch_size: int = 64, max_length: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
-    """L2-normalised sentence vectors: mean (or first-token) pooling of one hidden layer."""
-    from .objectives import pool
-
-    was_training = encoder.training
-    encoder.eval()
-    vectors = []
-    for start in range(0, len(sentences), batch_size):
-        enc = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True,
-                        max_length=max_length, return_tensors="pt").to(device)
-        out = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
-        vectors.append(torch.nn.functional.normalize(pool(out.hidden_states[layer].float(), enc["attention_mask"], pooling), dim=-1))
-    encoder.train(was_training)
-    return torch.cat(vectors).cpu()
-
-
-def default_retrieval_layer(num_layers: int) -> int:
-    """About 2/3 of the depth: XTREME used layer 8 of 12 (base) and 14/16 of 24 (large)."""
-    return max(1, round(num_layers * 2 / 3))
-
-
 def heldout_retrieval(encoder, tokenizer, corpus: Corpus, languages: list[str], layer: int, pooling: str,
-                      pairs_per_language: int, device="cpu") -> dict[str, float]:
-    """Tatoeba-style accuracy (percent, both directions averaged) on held-out dev pairs per language."""
+                      pairs_per_language: int) -> dict[str, float]:
+    """Tatoeba-style accuracy (percent, both directions averaged) on held-out dev pairs per language,
+    with the sentence vectors of XTREME's retrieval tasks (``veco2.xtreme.evaluate.encode``)."""
+    from .xtreme.evaluate import encode
     from .xtreme.retrieval import tatoeba_accuracy
 
     scores = {}
@@ -211,8 +191,8 @@ def heldout_retrieval(encoder, tokenizer, corpus: Corpus, languages: list[str], 
         pairs = corpus.parallel(lang, "dev")[:pairs_per_language]
         if len(pairs) < 2:
             continue
-        en = sentence_vectors(encoder, tokenizer, [p[0] for p in pairs], layer, pooling, device=device)
-        xx = sentence_vectors(encoder, tokenizer, [p[1] for p in pairs], layer, pooling, device=device)
+        en = encode([p[0] for p in pairs], encoder, tokenizer, layers=[layer], pooling=pooling, max_length=128)[layer]
+        xx = encode([p[1] for p in pairs], encoder, tokenizer, layers=[layer], pooling=pooling, max_length=128)[layer]
         scores[lang] = (tatoeba_accuracy(xx, en) + tatoeba_accuracy(en, xx)) / 2
     if scores:
         scores["mean"] = sum(scores.values()) / len(scores)
@@ -426,13 +406,12 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
 
         summary: dict = {}
         if accelerator.is_main_process:
-            summary = finish(cfg, out_dir, core, tokenizer, shards, state, n_params, accelerator.device)
+            summary = finish(cfg, out_dir, core, tokenizer, shards, state, n_params)
         accelerator.wait_for_everyone()
         return summary
 
 
-def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, shards, state: dict, n_params: int,
-           device) -> dict:
+def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, shards, state: dict, n_params: int) -> dict:
     """Save the final model, run the held-out retrieval check, write summary.json and DONE."""
     from .fileio import read_jsonl
 
@@ -446,10 +425,10 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, sha
     fault_point("pretrain-finish")  # crash tests: final model written, summary and DONE not yet
 
     layers = core.encoder.config.num_hidden_layers
-    layer = cfg.evaluation.retrieval_layer if cfg.evaluation.retrieval_layer is not None else default_retrieval_layer(layers)
+    layer = cfg.evaluation.retrieval_layer if cfg.evaluation.retrieval_layer is not None else default_layer(layers)
     languages = [lang for lang in shards.manifest["languages"] if lang != "en"]
     retrieval = heldout_retrieval(core.encoder.roberta, tokenizer, Corpus(cfg.data.corpus), languages, layer,
-                                  cfg.evaluation.retrieval_pooling, cfg.evaluation.heldout_pairs, device=device)
+                                  cfg.evaluation.retrieval_pooling, cfg.evaluation.heldout_pairs)
     metrics = read_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").exists() else []
     first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
     summary = {

@@ -60,20 +60,23 @@ def encode(sentences: Sequence[str], model, tokenizer, *, layers: Sequence[int],
     """
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling {pooling!r} unknown; use one of {', '.join(POOLINGS)}")
+    was_training = model.training  # the trainer and the sweeps call this in the middle of training
     model.eval()
+    device = next(model.parameters()).device
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     out = {layer: np.zeros((len(sentences), model.config.hidden_size), dtype=np.float32) for layer in layers}
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         batch = tokenizer([sentences[i] for i in index], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
+                          return_tensors="pt").to(device)
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        output_hidden_states=True).hidden_states
         mask = batch["attention_mask"].unsqueeze(-1).float()
         for layer in layers:
             states = hidden[layer].float()
             pooled = states[:, 0] if pooling == "cls" else (states * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out[layer][index] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            out[layer][index] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+    model.train(was_training)
     return out
 
 
