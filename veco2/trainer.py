@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -229,9 +230,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-_step_seed = step_seed  # (seed, step, micro, rank): see veco2.data.batching.StepBatches
-
-
 def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
              on_log: Callable[[dict, Veco2ForPretraining], None] | None = None) -> dict:
     """Run (or resume) pre-training; returns the summary.
@@ -323,7 +321,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
             terms_sum: dict[str, float] = {}
             nonfinite = None
             step_tokens = 0
-            torch.manual_seed(_step_seed(t.seed, step, accelerator.process_index))  # dropout
+            torch.manual_seed(step_seed(t.seed, step, accelerator.process_index))  # dropout
             for micro in range(t.grad_accum):
                 batch = next(batches)
                 lengths = sequence_lengths(batch).double()
@@ -439,8 +437,8 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, sha
         "parameters": n_params,
         "first_losses": {k: v for k, v in first.items() if k.startswith("loss")},
         "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
-        "median_tokens_per_s": _median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]),
-        "median_steps_per_s": _median([m["steps_per_s"] for m in metrics[1:]] or [0.0]),
+        "median_tokens_per_s": statistics.median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]),
+        "median_steps_per_s": statistics.median([m["steps_per_s"] for m in metrics[1:]] or [0.0]),
         "retrieval": {"layer": layer, "pooling": cfg.evaluation.retrieval_pooling, "accuracy": retrieval},
         "shards": {"languages": shards.manifest["languages"], "mono": shards.num_mono, "bilingual": shards.num_bi},
         "config": cfg.to_dict(),
@@ -449,9 +447,3 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, sha
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "DONE", f"{summary['provenance']['git_commit']}\n")
     return summary
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
