@@ -45,6 +45,7 @@ from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
 from .errors import Veco2Error
 from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, write_json, write_text
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
+from .objectives import combine_losses
 from .provenance import config_hash, provenance
 from .xtreme.evaluate import default_layer
 
@@ -333,11 +334,11 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                 sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     losses = model(batch)
-                    for name, value in losses.items():
-                        if not torch.isfinite(value):
-                            nonfinite = nonfinite or (name, float(value))
-                        terms_sum[name] = terms_sum.get(name, 0.0) + float(value.detach()) / t.grad_accum
-                    total = sum(weights[name] * value for name, value in losses.items())
+                    total, values = combine_losses(losses, weights)
+                    for name in losses:
+                        if not math.isfinite(values[name]):
+                            nonfinite = nonfinite or (name, values[name])
+                        terms_sum[name] = terms_sum.get(name, 0.0) + values[name] / t.grad_accum
                     if nonfinite is None:
                         accelerator.backward(total / t.grad_accum)
             grad_norm = float("nan")
