@@ -346,7 +346,7 @@ def test_full_disk_during_json_and_text_writes_keeps_the_previous_version(tmp_pa
 def test_full_disk_during_a_checkpoint_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from transformers import get_linear_schedule_with_warmup
 
-    from veco2.trainer import _checkpoints, load_checkpoint, save_checkpoint
+    from veco2.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -359,10 +359,10 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_checkpoint(tmp_path, m
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(tmp_path, 8, model, optimizer, scheduler, {"step": 8}, keep=2)
     monkeypatch.undo()
-    assert [p.name for p in _checkpoints(tmp_path)] == ["step-000000004"]  # step 8 was never published
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000000004"]  # step 8 was never published
     fresh = torch.nn.Linear(4, 3)
     fresh_optimizer = torch.optim.AdamW(fresh.parameters())
-    state = load_checkpoint(_checkpoints(tmp_path)[-1], fresh, fresh_optimizer,
+    state = load_checkpoint(checkpoints(tmp_path)[-1], fresh, fresh_optimizer,
                             get_linear_schedule_with_warmup(fresh_optimizer, 1, 10))
     assert state["step"] == 4 and all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 

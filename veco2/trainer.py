@@ -1,8 +1,8 @@
 """The pre-training loop: data preparation, accelerate, rolling checkpoints, logging, evaluation.
 
 ``pretrain(cfg, out_dir)`` is what ``veco2 pretrain`` runs.  One process on CPU; under
-``accelerate launch`` / ``torchrun`` the same code runs DDP on GPUs (bf16 autocast with
-``training.mixed_precision=bf16``).
+``accelerate launch`` / ``torchrun`` the same code runs DDP or FSDP on GPUs (bf16 autocast with
+``training.mixed_precision=bf16``); checkpoints are gathered full state (``veco2.checkpoint``).
 
 Determinism and resume: everything random is seeded from (seed, step, micro-step, rank) —
 batch composition (``veco2.data.batching.StepSampler``), masking (a per-step generator) and
@@ -28,8 +28,6 @@ import fcntl
 import json
 import logging
 import math
-import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from .checkpoint import checkpoints, export_encoder, gather_model_state, load_checkpoint, save_checkpoint
 from .config import Config, save_config
 from .data.batching import SpecialTokens, StepBatches, StepSampler, sequence_lengths, step_seed
 from .data.corpus import Corpus
@@ -94,10 +93,6 @@ def prepare_data(cfg: Config, out_dir: str | Path) -> tuple[object, PretrainingS
 # Checkpoints
 
 
-def _checkpoints(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-
-
 # Settings that may change between a run and its resumption: they do not change the weights.
 RESUMABLE_KEYS = {"name", "description", "evaluation"}
 RESUMABLE_TRAINING_KEYS = {"checkpoint_every", "keep_checkpoints", "checkpoint_dir", "log_every", "tensorboard",
@@ -110,54 +105,6 @@ def resume_hash(cfg: Config) -> str:
     settings["training"] = {k: v for k, v in settings["training"].items() if k not in RESUMABLE_TRAINING_KEYS}
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "num_workers"}
     return config_hash(settings)
-
-
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Write ``root/step-N`` atomically (a ``.tmp`` directory renamed when complete)."""
-    from safetensors.torch import save_model
-
-    final = root / f"step-{step:09d}"
-    tmp = root / f"step-{step:09d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding / decoder weights
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    fault_point(f"checkpoint:{step}")  # crash tests: killed half-way through a checkpoint
-    write_json(tmp / "trainer_state.json", {**state, "scheduler": scheduler.state_dict()})
-    for handle in tmp.iterdir():  # make the files durable before the rename publishes them
-        with open(handle, "rb") as f:
-            os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_model
-
-    try:
-        try:
-            missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-        except RuntimeError as err:
-            if "size mismatch" not in str(err):
-                raise
-            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-            raise Veco2Error(f"{path}/model.safetensors: checkpoint of another architecture ({first})") from None
-        if missing or unexpected:
-            raise Veco2Error(f"{path}/model.safetensors: checkpoint of another architecture "
-                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors; e.g. "
-                             f"{(list(missing) + list(unexpected))[0]})")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    except Veco2Error:
-        raise
-    except Exception as err:  # truncated or corrupt files
-        raise Veco2Error(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                         "delete it to resume from the previous one") from None
-    state = read_json(path / "trainer_state.json")
-    scheduler.load_state_dict(state.pop("scheduler"))
-    return state
 
 
 def _rewind_metrics(path: Path, step: int) -> None:
@@ -241,7 +188,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
     values and prune through it (an exception it raises propagates after the record is written).
     It may evaluate the model: dropout is re-seeded every step, so this does not change training.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedType
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -274,8 +221,10 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
 
         checkpoint_root = Path(t.checkpoint_dir) if t.checkpoint_dir else out_dir / "checkpoints"
         state = {"step": 0, "tokens": 0, "skipped_nonfinite": 0, "config_hash": resume_hash(cfg)}
-        existing = _checkpoints(checkpoint_root)
-        if existing:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        core: Veco2ForPretraining = accelerator.unwrap_model(model)
+        existing = checkpoints(checkpoint_root)
+        if existing:  # after prepare: FSDP has sharded the parameters the checkpoint fills
             resumed = load_checkpoint(existing[-1], model, optimizer, scheduler)
             if resumed.get("config_hash") != state["config_hash"]:
                 raise Veco2Error(f"{existing[-1]}: checkpoint of a run with another config (hash "
@@ -285,11 +234,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
             log.info("resumed from %s (step %d)", existing[-1], state["step"])
         if accelerator.is_main_process:
             _rewind_metrics(out_dir / "metrics.jsonl", state["step"])
-
-        model, optimizer = accelerator.prepare(model, optimizer)
-        core: Veco2ForPretraining = accelerator.unwrap_model(model)
-        if t.compile:
-            model = torch.compile(model)
+        forward = torch.compile(model) if t.compile else model  # checkpoints use the uncompiled module's names
         sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(),
                               t.batch_size, cfg.data.bilingual_ratio, t.seed, cfg.data.bucket_by_length,
                               cfg.data.bucket_window, rank=accelerator.process_index, world=accelerator.num_processes)
@@ -333,7 +278,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                 window["masked"] += int((batch["labels"] != -100).sum())
                 sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    losses = model(batch)
+                    losses = forward(batch)
                     total, values = combine_losses(losses, weights)
                     for name in losses:
                         if not math.isfinite(values[name]):
@@ -391,9 +336,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
                 window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "steps": 0}
             if state["step"] % t.checkpoint_every == 0 and state["step"] < t.max_steps:
-                if accelerator.is_main_process:
-                    save_checkpoint(checkpoint_root, state["step"], core, optimizer, scheduler,
-                                    state, t.keep_checkpoints)
+                save_checkpoint(checkpoint_root, state["step"], model, optimizer, scheduler, state, t.keep_checkpoints)
                 accelerator.wait_for_everyone()
             fault_point(f"pretrain-step:{state['step']}")  # crash tests: killed between steps
             if stop_after is not None and steps_this_run >= stop_after:
@@ -404,29 +347,31 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
             accelerator.end_training()
 
         summary: dict = {}
+        sharded = accelerator.distributed_type == DistributedType.FSDP
+        state_dict = gather_model_state(model)  # collective: FSDP gathers the shards onto the main process
         if accelerator.is_main_process:
-            summary = finish(cfg, out_dir, core, tokenizer, shards, state, n_params)
+            encoder_state = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
+            summary = finish(cfg, out_dir, core, encoder_state, tokenizer, shards, state, n_params, sharded=sharded)
         accelerator.wait_for_everyone()
         return summary
 
 
-def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, tokenizer, shards, state: dict, n_params: int) -> dict:
-    """Save the final model, run the held-out retrieval check, write summary.json and DONE."""
-    from .fileio import read_jsonl
+def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state: dict, tokenizer, shards, state: dict,
+           n_params: int, *, sharded: bool = False) -> dict:
+    """Save the final model (from its gathered ``encoder_state``), run the held-out retrieval check,
+    write summary.json and DONE.  On the main process only; ``sharded``: ``core`` holds FSDP shards,
+    so the check runs on the saved model instead."""
+    from transformers import AutoModel
 
     model_dir = out_dir / "model"
-    tmp_dir = out_dir / "model.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    core.encoder.save_pretrained(tmp_dir)
-    tokenizer.save_pretrained(tmp_dir)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.replace(tmp_dir, model_dir)
+    export_encoder(core.encoder, encoder_state, tokenizer, model_dir)
     fault_point("pretrain-finish")  # crash tests: final model written, summary and DONE not yet
 
     layers = core.encoder.config.num_hidden_layers
     layer = cfg.evaluation.retrieval_layer if cfg.evaluation.retrieval_layer is not None else default_layer(layers)
     languages = [lang for lang in shards.manifest["languages"] if lang != "en"]
-    retrieval = heldout_retrieval(core.encoder.roberta, tokenizer, Corpus(cfg.data.corpus), languages, layer,
+    encoder = AutoModel.from_pretrained(model_dir) if sharded else core.encoder.roberta
+    retrieval = heldout_retrieval(encoder, tokenizer, Corpus(cfg.data.corpus), languages, layer,
                                   cfg.evaluation.retrieval_pooling, cfg.evaluation.heldout_pairs)
     metrics = read_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").exists() else []
     first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
