@@ -31,7 +31,7 @@ def pairs(lang, split):
 
 def test_languages_and_api():
     assert db.demo_languages()[0] == "en"
-    assert {"de", "fr", "es", "ru", "zh", "ar", "hi", "sw"} <= set(LANGS)
+    assert {"de", "fr", "es", "ru", "zh", "ar", "hi", "sw", "fi", "id", "ko"} <= set(LANGS)
     assert len(db.demo_parallel("de", "test")) == MANIFEST["counts"]["de"]["parallel"]["test"]
     assert db.demo_dictionary("fr")[:1] == [tuple(lines(DATA / "dict" / "en-fr.tsv.gz")[0].split("\t"))]
     assert len(db.demo_monolingual("en")) == MANIFEST["counts"]["en"]["mono_lines"]
@@ -85,7 +85,8 @@ def test_splits_disjoint_and_mono_is_training_side_only():
 
 
 SCRIPT_RANGES = {"zh": "\u4e00-\u9fff", "ru": "\u0400-\u04ff", "ar": "\u0600-\u06ff", "hi": "\u0900-\u097f",
-                 "el": "\u0370-\u03ff\u1f00-\u1fff", "ja": "\u3040-\u30ff\u4e00-\u9fff"}
+                 "el": "\u0370-\u03ff\u1f00-\u1fff", "ja": "\u3040-\u30ff\u4e00-\u9fff",
+                 "ko": "\uac00-\ud7af\u1100-\u11ff\u3130-\u318f\u4e00-\u9fff"}  # Hangul, Hanja
 
 
 @pytest.mark.parametrize("lang", sorted(SCRIPT_RANGES))
@@ -174,6 +175,9 @@ def test_dictd_translations():
     assert dictd_translations("survive /səvˈaɪv/\n\nεπιζώ\n") == ["επιζώ"]
     assert dictd_translations("name /n/ <N>\n1. नाम~बताना\n      \"example\"\n") == ["नाम बताना"]
     assert dictd_translations("cork /k/\nKorken <masc> [tech.]\n see: {corks}\n") == ["Korken"]
+    # affixes and compound stems are not words (eng-fin, eng-deu)
+    assert dictd_translations("the /ðə/ <article>\n1. se 2.\n2. -mme, -ni, en/-än\n3. sitä\n") == ["se 2", "sitä"]
+    assert dictd_translations("air /eə/\nLuft-, Luft\n") == ["Luft"]
 
 
 def test_split_pairs_global_disjoint_and_sized():

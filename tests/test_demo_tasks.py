@@ -76,7 +76,8 @@ def test_manifest_hashes_match_and_marked_demo():
     for rel, digest in manifest["files"].items():
         assert sha256_file(XT / rel) == digest, rel
     assert "**DEMO DATA" in (XT / "README.md").read_text(encoding="utf-8")
-    assert sum((XT / rel).stat().st_size for rel in on_disk) <= 4_000_000  # small enough to ship
+    # small enough to ship; 4.0 MB before fi/id/ko (TyDiQA's official languages) joined the corpus
+    assert sum((XT / rel).stat().st_size for rel in on_disk) <= 4_500_000
 
 
 @pytest.mark.parametrize("task", ["xnli", "pawsx", "udpos", "panx"])
@@ -131,6 +132,37 @@ def test_qa_files_are_squad_with_exact_answer_spans(pattern):
             start = answer["answer_start"]
             assert context[start: start + len(answer["text"])] == answer["text"], (path, qa["id"])
             assert context.count(answer["text"]) == 1 and dt.BLANK in qa["question"]
+
+
+# file name -> (language or LANG3 code) of every file the demo may hold, per task folder
+DEMO_FILES = {
+    "xnli": r"test-(\w+)\.tsv|(?:train|dev)-en\.tsv", "pawsx": r"test-(\w+)\.tsv|(?:train|dev)-en\.tsv",
+    "udpos": r"test-(\w+)\.tsv|(?:train|dev)-en\.tsv", "panx": r"test-(\w+)\.tsv|(?:train|dev)-en\.tsv",
+    "xquad": r"xquad\.(\w+)\.json", "mlqa": r"test-context-(\w+)-question-\1\.json",
+    "tydiqa": r"dev-goldp-(\w+)\.json|tydiqa-goldp-v1\.1-train\.json",
+    "bucc2018": r"(\w+)-en\.(?:dev|test)\.(?:\w+)", "tatoeba": r"tatoeba\.(\w+)-eng\.\w+",
+}
+
+
+@pytest.mark.parametrize("task", sorted(DEMO_FILES))
+def test_demo_languages_are_official_and_at_least_min_langs(task):
+    from veco2.xtreme.data import available_languages
+    from veco2.xtreme.registry import get_task
+
+    spec = get_task(task)
+    uses_code = "{code}" in spec.local["files"]["test"]  # Tatoeba's files are named by LANG3 code
+    from_code = {spec.code(lang) if uses_code else lang: lang for lang in spec.languages}
+    found = set()
+    for path in (XT / task).iterdir():
+        match = re.fullmatch(DEMO_FILES[task], path.name)
+        assert match, f"{path}: not a file the demo builder writes"
+        if match.group(1):
+            assert match.group(1) in from_code, f"{path}: {match.group(1)} is not an official {task} language"
+            found.add(from_code[match.group(1)])
+    assert len(found - {"en"}) >= dt.MIN_LANGS, (task, sorted(found))
+    assert sorted(found) == sorted(available_languages(task, XT))  # the loaders see exactly these
+    manifest = json.loads((XT / "manifest.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["test_languages"][task]) == sorted(found)
 
 
 def test_tatoeba_uses_only_test_split_pairs():
@@ -266,11 +298,12 @@ def test_cloze_answers_occur_once_at_their_offset():
         assert qa["question"].replace(dt.BLANK, text) in context and qa["id"].startswith("english-")
 
 
-def _tiny_corpus(root: Path) -> None:
+def _tiny_corpus(root: Path, langs: tuple[str, ...] = ("de", "fr", "es", "ru", "zh", "ko")) -> None:
+    """Official languages enough for BUCC (de fr ru zh), PAWS-X (de es fr ko), XNLI and Tatoeba."""
     rng = random.Random(0)
     nouns = ["".join(rng.choice("bcdfglmnprstvz") + rng.choice("aeiou") for _ in range(3)) for _ in range(300)]
     verbs = ["opens", "closes", "saves", "prints", "moves", "copies"]
-    for lang in ("de", "fr", "es", "ru"):
+    for lang in langs:
         for split, n in (("train", 600), ("dev", 150), ("test", 240)):
             lines = []
             for k in range(n):
@@ -299,7 +332,36 @@ def test_builder_is_deterministic_and_keeps_test_split_for_retrieval(tmp_path):
         assert has_test == retrieval_text, rel
     assert first["counts"]["tatoeba"]["de"]["pairs"] == 240  # all 240 clean test pairs (cap 400)
     assert first["counts"]["bucc2018"]["fr"]["dev"] == {"gold": 48, "fr": 84, "en": 84}
-    assert sorted(first["counts"]["bucc2018"]) == ["de", "es", "fr", "ru"]  # official 3 + 1 to reach 4
+    assert sorted(first["counts"]["bucc2018"]) == ["de", "fr", "ru", "zh"]  # official only, es never added
+    assert first["test_languages"]["pawsx"] == ["de", "en", "es", "fr", "ko"]  # zh: Latin text, no units
+
+
+def test_too_few_official_languages_is_an_error_not_padding(tmp_path):
+    _tiny_corpus(tmp_path / "corpus", langs=("de", "fr", "es", "ru"))
+    (tmp_path / "out" / "bucc2018").mkdir(parents=True)
+    (tmp_path / "out" / "bucc2018" / "old.gold").write_text("kept\n")
+    with pytest.raises(dt.Veco2Error, match=r"demo bucc2018: only 3 non-English test language\(s\) \(de fr ru\) "
+                                             r"among its official XTREME languages \(de fr ru zh\), need 4"):
+        dt.build_demo_tasks(tmp_path / "corpus", tmp_path / "out", tasks=["bucc2018"])
+    # QA pools under QA_MIN_POOL are skipped, named in the error
+    with pytest.raises(dt.Veco2Error, match=r"demo tydiqa: only 0 .*skipped for size: \{'ru': 'only \d+ eval"):
+        dt.build_demo_tasks(tmp_path / "corpus", tmp_path / "out", tasks=["tydiqa"])
+    # a failed build leaves the previous output alone and no staging folder behind
+    assert (tmp_path / "out" / "bucc2018" / "old.gold").read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out"]
+
+
+def test_rebuild_replaces_the_task_folders_it_builds(tmp_path):
+    _tiny_corpus(tmp_path / "corpus")
+    for rel in ("tatoeba/tatoeba.bul-eng.bul", "xnli/test-bg.tsv"):  # stale: languages no longer built
+        (tmp_path / "out" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / rel).write_text("stale\n")
+    manifest = dt.build_demo_tasks(tmp_path / "corpus", tmp_path / "out", tasks=["tatoeba"])
+    assert not (tmp_path / "out" / "tatoeba" / "tatoeba.bul-eng.bul").exists()
+    assert (tmp_path / "out" / "xnli" / "test-bg.tsv").exists()  # a task not rebuilt is left alone
+    assert sorted(p.name for p in (tmp_path / "out" / "tatoeba").iterdir()) == sorted(
+        f"tatoeba.{c}-eng.{s}" for c in ("deu", "fra", "kor", "rus", "spa", "cmn") for s in (c, "eng"))
+    assert manifest["test_languages"] == {"tatoeba": ["de", "es", "fr", "ko", "ru", "zh"]}
 
 
 def test_bad_corpus_line_names_file_and_line(tmp_path):

@@ -94,8 +94,11 @@ SOURCES: dict[str, LanguageSource] = {
     "vi": LanguageSource("vi", LATIN, "vi", None),
     "ko": LanguageSource("ko", ("HANGUL", "CJK"), "ko", None),
     "th": LanguageSource("th", ("THAI",), "th", None, spaces=False),
+    "fi": LanguageSource("fi", LATIN, "fi", "fin"),
+    "id": LanguageSource("id", LATIN, "id", "ind"),
 }
-DEFAULT_LANGUAGES = ["de", "fr", "es", "ru", "zh", "ar", "hi", "sw", "ja", "tr", "el", "bg"]
+# fi id ko: TyDiQA's official languages (with en ar ru) so its demo needs no non-official ones.
+DEFAULT_LANGUAGES = ["de", "fr", "es", "ru", "zh", "ar", "hi", "sw", "ja", "tr", "el", "bg", "fi", "id", "ko"]
 
 
 @dataclass
@@ -316,6 +319,7 @@ def dictd_translations(body: str) -> list[str]:
     lines, indented examples and ``see:`` / ``Synonyms:`` lines.  Taken: the numbered lines if
     any, else the first non-indented line after the headword; split on ``,`` ``;`` ``.``; POS
     tags, brackets and quotes removed.  Gloss lines are therefore not taken (they come after).
+    Affixes and compound stems (``-mme``, ``en/-än``, ``Luft-``) are not words and are dropped.
     """
     lines = body.split("\n")[1:]
     numbered = [_DICTD_SENSE.sub("", l) for l in lines if _DICTD_SENSE.match(l)]
@@ -329,7 +333,10 @@ def dictd_translations(body: str) -> list[str]:
         line = _BRACKETS.sub(" ", line).replace("~", " ")  # eng-hin joins multi-word items with ~
         line = line.replace("\u0301", "").replace("\u0300", "")  # stress marks (eng-bul, eng-rus)
         for part in re.split(r"[,;]|\.\s", line):
-            part = normalize_space(part.strip(" .-"))
+            part = part.strip(" .")
+            if part.startswith("-") or part.endswith("-") or "/-" in part:
+                continue  # eng-fin: "the" -> "-mme, -ni" (possessive suffixes), eng-deu: "Luft-"
+            part = normalize_space(part)
             if part and part not in out:
                 out.append(part)
     return out

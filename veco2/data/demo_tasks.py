@@ -6,7 +6,9 @@ seeded procedures below.  Scores on it are NOT comparable with published XTREME 
 
 Input: the demo corpus directory (``veco2/demo_data``) with
 ``parallel/{train,dev,test}/en-LANG.tsv.gz`` (``en<TAB>X`` lines).  Output: ``out_dir`` in XTREME's
-download layout (plain files, official formats), plus ``README.md`` and ``manifest.json``.
+download layout (plain files, official formats), plus ``README.md`` and ``manifest.json``.  Each
+built task's folder is written to a staging folder and then replaces the old one whole, so no file
+of an earlier build lingers and a failed build changes nothing.
 
 Sentence pools (what each task may use):
 
@@ -43,17 +45,20 @@ Per-task constructions (``seed`` makes each deterministic):
   no remaining ambiguity).  That keeps ~55-60 % of en/es/fr sentences but only 8-15 % of bg/hi/ru
   ones, so non-English test sets may also draw ``train``-side sentences (their labels are
   language-specific; English training data never contains them).  Languages: those with an
-  Apertium tagger in Debian (en es fr bg ru hi); no German/Chinese/Arabic analyser is packaged.
+  Apertium tagger in Debian (en es fr bg ru hi); no German/Chinese/Arabic/Finnish/Korean analyser is
+  packaged.  Indonesian has one (``apertium-ind-zlm``) but it is not used: its HMM tagger tags common
+  nouns as verbs (``pertemuan``, ``bilangan``) in a spot check.
 * PAN-X: a real sentence with one or two content tokens replaced by entity names: PER from Faker's
   per-locale first/last name lists, ORG from Faker's per-locale company-name generator (real surnames
   and legal-form suffixes, combined synthetically; at least two words outside zh/ja/th), LOC from CLDR
   (via babel) localised territory and exemplar-city names (non-Latin-script languages: names with
   Latin letters dropped).  zh/ja/th are tokenised into characters, like WikiANN.  Tags in IOB2; English train and English
   test entity names are disjoint (hash split).
-* Languages: each task's official XTREME languages that the corpus has (Tatoeba: every corpus
-  language, BUCC: its 4 official ones); a language with fewer than ``MIN_TEST`` examples is skipped and listed under
-  ``counts.skipped`` in the manifest.  TyDiQA's official languages in the corpus are only en ar ru,
-  so its demo adds other corpus languages (bg de) to reach 4 non-English test languages.
+* Languages: only each task's official XTREME languages (``aggregate.OFFICIAL_LANGUAGES``) that the
+  corpus has; a language with fewer than ``MIN_TEST`` examples (QA: a pool under ``QA_MIN_POOL``
+  sentences) is skipped and listed under ``counts.skipped`` in the manifest.  A task left with fewer
+  than ``MIN_LANGS`` non-English test languages is a build error: the demo never pads a task with
+  languages it is not scored on (the registry would reject them).
 * SQuAD / XQuAD / MLQA / TyDiQA-GoldP: cloze QA.  Context: 3 real sentences of one language.
   Question: one of them with a content unit replaced by ``_____``; answer: that unit, which occurs
   exactly once in the context, with its character offset.  English SQuAD train and TyDiQA train
@@ -85,6 +90,7 @@ import random
 import re
 import shutil
 import subprocess
+import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -92,25 +98,17 @@ from typing import Iterable, Sequence
 from ..errors import InputError, Veco2Error
 from ..fileio import iter_lines, write_json, write_text
 from ..provenance import sha256_file
+from ..xtreme.aggregate import OFFICIAL_LANGUAGES
 
 log = logging.getLogger(__name__)
 
 TASKS = ("tatoeba", "bucc2018", "pawsx", "xnli", "udpos", "panx", "squad", "xquad", "mlqa", "tydiqa")
 
-# XTREME's official test languages per task (the demo builds those the corpus has).
-XTREME_LANGS = {
-    "xnli": "ar bg de el en es fr hi ru sw th tr ur vi zh".split(),
-    "pawsx": "de en es fr ja ko zh".split(),
-    "udpos": ("af ar bg de el en es et eu fa fi fr he hi hu id it ja kk ko mr nl pt ru ta te th tl tr ur "
-              "vi yo zh").split(),
-    "panx": ("ar he vi id jv ms tl eu ml ta te af nl en de el bn hi mr ur fa fr it pt es bg ru ja ka ko "
-             "th sw yo my zh kk tr et fi hu").split(),
-    "xquad": "en es de el ru tr ar vi th zh hi".split(),
-    "mlqa": "en es de ar hi vi zh".split(),
-    "tydiqa": "en ar bn fi id ko ru sw te".split(),
-    "bucc2018": "de fr ru zh".split(),
-}
-MIN_LANGS = 4  # the demo needs at least this many test languages per task
+# XTREME's official test languages per task (the demo builds those the corpus has): the one list
+# the registry also uses, so a demo file is never in a language the registry rejects.
+XTREME_LANGS = {task: list(langs) for task, langs in OFFICIAL_LANGUAGES.items()}
+MIN_LANGS = 4  # the demo needs at least this many non-English test languages per task
+QA_MIN_POOL = 300  # QA test sets need this many eval-pool sentences (3-sentence contexts, 200 questions)
 
 # XTREME's Tatoeba file codes.
 LANG3 = {
@@ -327,7 +325,7 @@ def clean_test_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def build_tatoeba(corpus: dict, out: Path, rng: random.Random, counts: dict) -> None:
     for lang in sorted(corpus):
-        if lang not in LANG3:
+        if lang not in XTREME_LANGS["tatoeba"]:
             continue
         pairs = clean_test_pairs(corpus[lang]["test"])
         rng.shuffle(pairs)
@@ -342,9 +340,7 @@ def build_tatoeba(corpus: dict, out: Path, rng: random.Random, counts: dict) -> 
 
 
 def build_bucc(corpus: dict, out: Path, rng: random.Random, counts: dict) -> None:
-    official = [lang for lang in XTREME_LANGS["bucc2018"] if lang in corpus]
-    extra = [lang for lang in sorted(corpus) if lang not in official]
-    for lang in sorted(official + extra[: max(0, MIN_LANGS - len(official))]):
+    for lang in sorted(lang for lang in XTREME_LANGS["bucc2018"] if lang in corpus):
         pairs = clean_test_pairs(corpus[lang]["test"])
         rng.shuffle(pairs)
         half = min(len(pairs) // 2, SIZES["bucc_half"])
@@ -599,7 +595,7 @@ def entity_names(lang: str, seed: int) -> dict[str, list[str]]:
     loc |= {tz["city"] for tz in locale.time_zones.values() if "city" in tz}
     fake = Faker(FAKER_LOCALES[lang])
     fake.seed_instance(seed)
-    sep = "" if lang in ("zh", "ja") else " "
+    sep = "" if lang in ("zh", "ja", "ko") else " "  # 김민준, 山田太郎: family name first, no space
     per = {fake.last_name() + sep + fake.first_name() if lang in ("zh", "ja", "ko") else
            fake.first_name() + sep + fake.last_name() for _ in range(600)}
     latin = all(c.isascii() or not c.isalpha() or "LATIN" in unicodedata.name(c, "") for c in "".join(per))
@@ -706,34 +702,70 @@ def cloze_dataset(lang: str, sentences: list[str], units: ContentUnits, n_questi
                                        for i, p in enumerate(articles)]}
 
 
-def build_qa(pools: Pools, out: Path, rng: random.Random, counts: dict) -> None:
+QA_TASKS = ("squad", "xquad", "mlqa", "tydiqa")
+QA_TEST_FILES = {"xquad": "xquad/xquad.{}.json", "mlqa": "mlqa/test-context-{0}-question-{0}.json",
+                 "tydiqa": "tydiqa/dev-goldp-{}.json"}
+
+
+def build_qa(pools: Pools, out: Path, counts: dict, seed: int, tasks: Sequence[str] = QA_TASKS) -> dict[str, list[str]]:
+    """Write the requested QA tasks (XQuAD/MLQA also get the SQuAD train/dev they train on);
+    return each one's test languages.  Every file has its own seeded stream, so building a subset
+    of the QA tasks writes the same files as building all of them."""
     units = pools.units
     en_train = pools.get("en", ["train"])
     half = len(en_train) // 2  # SQuAD and TyDiQA English training data use disjoint sentences
-    squad_train = _shuffled(en_train, rng)
-    datasets = {
-        "squad/train-v1.1.json": ("en", squad_train[:half], SIZES["qa_train"], "squad-train"),
-        "squad/dev-v1.1.json": ("en", pools.get("en", ["dev"]), SIZES["qa_dev"], "squad-dev"),
-        "tydiqa/tydiqa-goldp-v1.1-train.json": ("en", squad_train[half:], SIZES["tydiqa_train"], "english"),
-    }
-    for task, pattern in (("xquad", "xquad/xquad.{}.json"), ("mlqa", "mlqa/test-context-{0}-question-{0}.json"),
-                          ("tydiqa", "tydiqa/dev-goldp-{}.json")):
-        for lang in _qa_langs(task, pools):
+    squad_train = _shuffled(en_train, random.Random(f"{seed}:qa-train-halves"))
+    datasets = {}
+    if {"squad", "xquad", "mlqa"} & set(tasks):
+        datasets["squad/train-v1.1.json"] = ("en", squad_train[:half], SIZES["qa_train"], "squad-train")
+        datasets["squad/dev-v1.1.json"] = ("en", pools.get("en", ["dev"]), SIZES["qa_dev"], "squad-dev")
+    if "tydiqa" in tasks:
+        datasets["tydiqa/tydiqa-goldp-v1.1-train.json"] = ("en", squad_train[half:], SIZES["tydiqa_train"], "english")
+    languages = {}
+    for task, pattern in QA_TEST_FILES.items():
+        if task not in tasks:
+            continue
+        languages[task] = _qa_langs(task, pools, counts)  # raises before anything is written
+        for lang in languages[task]:
             prefix = "english" if (task == "tydiqa" and lang == "en") else f"{task}-{lang}"
             datasets[pattern.format(lang)] = (lang, pools.eval_pool(lang), SIZES["qa_test"], prefix)
     for rel, (lang, sentences, n, prefix) in datasets.items():
-        data = cloze_dataset(lang, sentences, units[lang], n, rng, prefix)
+        data = cloze_dataset(lang, sentences, units[lang], n, random.Random(f"{seed}:{rel}"), prefix)
         write_text(out / rel, json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
         counts.setdefault(rel.split("/")[0], {})[Path(rel).name] = sum(
             len(p["qas"]) for a in data["data"] for p in a["paragraphs"])
+    return languages
 
 
-def _qa_langs(task: str, pools: Pools) -> list[str]:
-    """The task's official languages the corpus has; if fewer than 4, add other corpus languages."""
-    big = [lang for lang in pools.by_side if len(pools.eval_pool(lang)) >= 300]
-    langs = [lang for lang in XTREME_LANGS[task] if lang in big]
-    extra = [lang for lang in pools.langs if lang in big and lang not in langs]
-    return langs + extra[: max(0, MIN_LANGS + 1 - len(langs))]  # +1: English counts as one
+def _qa_langs(task: str, pools: Pools, counts: dict) -> list[str]:
+    """The task's official languages whose eval pool has ``QA_MIN_POOL`` sentences, English first.
+
+    Never padded with other corpus languages: too few is a :class:`Veco2Error` (see ``MIN_LANGS``).
+    """
+    langs = []
+    for lang in XTREME_LANGS[task]:
+        size = len(pools.eval_pool(lang)) if lang in pools.by_side else None
+        if size is None:
+            continue
+        if size < QA_MIN_POOL:
+            counts.setdefault("skipped", {}).setdefault(task, {})[lang] = f"only {size} eval sentences"
+            continue
+        langs.append(lang)
+    _require_languages(task, langs, counts)
+    return sorted(langs, key=lambda lang: lang != "en")
+
+
+def _require_languages(task: str, langs: Iterable[str], counts: dict) -> None:
+    """Fail unless ``task`` has ``MIN_LANGS`` non-English test languages (all official by construction)."""
+    others = sorted(set(langs) - {"en"})
+    if len(others) < MIN_LANGS:
+        skipped = counts.get("skipped", {}).get(task)
+        raise Veco2Error(
+            f"demo {task}: only {len(others)} non-English test language(s) ({' '.join(others) or 'none'}) among "
+            f"its official XTREME languages ({' '.join(XTREME_LANGS[task])}), need {MIN_LANGS}"
+            + (f"; skipped for size: {skipped}" if skipped else "")
+            + "; add official languages of the task to the demo corpus (veco2/data/demo_build.py), "
+            "never other languages")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -775,37 +807,57 @@ def build_demo_tasks(corpus_dir: str | Path, out_dir: str | Path, seed: int = 0,
     Deterministic for a given corpus, ``seed`` and source versions (Apertium, babel/CLDR, Faker).
     """
     corpus_dir, out_dir, apertium_dir = Path(corpus_dir), Path(out_dir), Path(apertium_dir)
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise Veco2Error(f"unknown demo task(s) {', '.join(unknown)} (choose from {', '.join(TASKS)})")
     corpus = load_corpus(corpus_dir)
     pools = Pools(corpus, seed)
     counts: dict = {}
-    for task in tasks:
-        rng = random.Random(f"{seed}:{task}")  # per-task stream: one task's change leaves others intact
-        if task == "tatoeba":
-            build_tatoeba(corpus, out_dir, rng, counts)
-        elif task == "bucc2018":
-            build_bucc(corpus, out_dir, rng, counts)
-        elif task == "pawsx":
-            build_pawsx(pools, out_dir, rng, counts)
-        elif task == "xnli":
-            build_xnli(pools, out_dir, rng, counts)
-        elif task == "udpos":
-            build_udpos(pools, out_dir, rng, counts, apertium_dir)
-        elif task == "panx":
-            build_panx(pools, out_dir, rng, counts, seed)
-        elif task in ("squad", "xquad", "mlqa", "tydiqa"):
-            if "qa_done" not in counts:
-                build_qa(pools, out_dir, rng, counts)
-                counts["qa_done"] = True
-        else:
-            raise Veco2Error(f"unknown demo task '{task}' (choose from {', '.join(TASKS)})")
-    counts.pop("qa_done", None)
-    manifest = _manifest(corpus_dir, out_dir, seed, apertium_dir, counts, pools)
+    languages: dict[str, list[str]] = {}
+    # Build into a staging folder, then replace each built task's folder whole: files of a language
+    # no longer built cannot linger, and a failed build leaves the previous data untouched.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for task in tasks:
+            rng = random.Random(f"{seed}:{task}")  # per-task stream: one task's change leaves others intact
+            if task == "tatoeba":
+                build_tatoeba(corpus, staging, rng, counts)
+            elif task == "bucc2018":
+                build_bucc(corpus, staging, rng, counts)
+            elif task == "pawsx":
+                build_pawsx(pools, staging, rng, counts)
+            elif task == "xnli":
+                build_xnli(pools, staging, rng, counts)
+            elif task == "udpos":
+                build_udpos(pools, staging, rng, counts, apertium_dir)
+            elif task == "panx":
+                build_panx(pools, staging, rng, counts, seed)
+            if task in ("tatoeba", "bucc2018"):
+                languages[task] = sorted(counts.get(task, {}))
+            elif task not in QA_TASKS:
+                languages[task] = sorted(name[5:] for name in counts.get(task, {}) if name.startswith("test-"))
+            if task in languages:
+                _require_languages(task, languages[task], counts)
+        qa_tasks = [task for task in QA_TASKS if task in tasks]
+        if qa_tasks:
+            languages.update(build_qa(pools, staging, counts, seed, qa_tasks))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in sorted({*tasks, *(p.name for p in staging.iterdir())}):
+            if (out_dir / folder).exists():
+                shutil.rmtree(out_dir / folder)
+            if (staging / folder).exists():
+                (staging / folder).replace(out_dir / folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = _manifest(corpus_dir, out_dir, seed, apertium_dir, counts, pools, languages)
     write_json(out_dir / "manifest.json", manifest)
     write_text(out_dir / "README.md", _readme(manifest))
     return manifest
 
 
-def _manifest(corpus_dir: Path, out_dir: Path, seed: int, apertium_dir: Path, counts: dict, pools: Pools) -> dict:
+def _manifest(corpus_dir: Path, out_dir: Path, seed: int, apertium_dir: Path, counts: dict, pools: Pools,
+              languages: dict[str, list[str]]) -> dict:
     import importlib.metadata as md
 
     def version(dist):
@@ -831,13 +883,16 @@ def _manifest(corpus_dir: Path, out_dir: Path, seed: int, apertium_dir: Path, co
              if p.is_file() and p.name not in ("manifest.json", "README.md")}
     return {"demo_data": True,
             "warning": "DEMO data: scores are NOT comparable with published XTREME numbers.",
-            "seed": seed, "sources": sources, "languages": pools.langs, "counts": counts, "files": files}
+            "seed": seed, "sources": sources, "languages": pools.langs, "test_languages": languages,
+            "counts": counts, "files": files}
 
 
 def _readme(manifest: dict) -> str:
     doc = __doc__.split("\n\n", 1)[1]
     lines = ["# XTREME demo task data", "", DEMO_NOTE, "", doc.strip(), "", "## Sources", ""]
     lines += [f"- {name}: `{json.dumps(value, ensure_ascii=False)}`" for name, value in manifest["sources"].items()]
+    lines += ["", "## Test languages (each an official XTREME language of its task)", ""]
+    lines += [f"- {task}: {' '.join(langs)}" for task, langs in manifest["test_languages"].items()]
     lines += ["", "## Counts (examples / sentences / pairs)", ""]
     lines += [f"- {task}: `{json.dumps(value, ensure_ascii=False, sort_keys=True)}`"
               for task, value in sorted(manifest["counts"].items())]
