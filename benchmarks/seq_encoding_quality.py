@@ -1,11 +1,16 @@
 """Does a cheaper encoding of the contrastive terms still align sentences?  (evidence for a default)
 
-Pre-trains the tiny test-scale model (as ``tests/test_pretrain.py``'s 200-step test: corpus slice
-of de/zh, 400 pairs each, 200 steps, lr 2e-3) for several encodings of the mlm_seq_tok variant
-and reports the held-out retrieval accuracy (Tatoeba-style, both directions, last layer; the
-sentences are encoded separately, as in XTREME) next to the throughput each run logged.
+Pre-trains several encodings of the mlm_seq_tok variant (and mlm as the floor) and reports the
+held-out retrieval accuracy (Tatoeba-style, both directions; the sentences are encoded
+separately, as in XTREME) next to the final MLM loss and the throughput each run logged.
 
-    python benchmarks/seq_encoding_quality.py --out benchmarks/results/seq_encoding_quality.json
+``--scale test``: the test-scale model of ``tests/test_pretrain.py`` (2 layers, hidden 32) on a
+de/zh slice of the demo corpus, 200 steps, lr 2e-3, retrieval at the last layer.
+``--scale demo``: the demo pre-training preset (``config/pretrain/demo.yaml``: the 4-layer tiny
+model, every demo language) for ``--steps``, retrieval at the default layer (2/3 depth).
+
+    python benchmarks/seq_encoding_quality.py --scale demo --steps 400 \
+        --out benchmarks/results/seq_encoding_quality_demo.json
 """
 
 from __future__ import annotations
@@ -27,12 +32,30 @@ from veco2.fileio import write_json  # noqa: E402
 from veco2.provenance import provenance  # noqa: E402
 from veco2.trainer import pretrain  # noqa: E402
 
-RUNS = {
-    "mlm": ("mlm", {}),
-    "mlm_seq_tok (seq separate: clean pass)": ("mlm_seq_tok", {}),
-    "mlm_seq_tok (seq joint: TLM rows)": ("mlm_seq_tok", {"objectives.seq.encoding": "joint"}),
-    "mlm_seq_tok (bilingual separate)": ("mlm_seq_tok", {"objectives.mlm.bilingual": "separate",
+PLAIN_TLM = {"objectives.mlm.tlm_cross_layers": None, "objectives.mlm.tlm_reset_positions": False}
+CLEAN_PASS = {"objectives.seq.encoding": "separate", "objectives.seq.layer": -1}
+
+
+def late_fusion(cross: int, reset: bool) -> dict:
+    """TLM rows whose sides meet only in the top ``cross`` layers; seq pooled just below them."""
+    return {"objectives.mlm.tlm_cross_layers": cross, "objectives.mlm.tlm_reset_positions": reset,
+            "objectives.seq.encoding": "joint", "objectives.seq.layer": -(cross + 1)}
+
+
+TEST_RUNS = {  # label: (variant, overrides), every option that differs from the defaults spelled out
+    "mlm (plain TLM)": ("mlm", PLAIN_TLM),
+    "mlm (default: 1 cross layer, reset positions)": ("mlm", {}),
+    "mlm_seq_tok (plain TLM, seq separate: clean pass)": ("mlm_seq_tok", {**PLAIN_TLM, **CLEAN_PASS}),
+    "mlm_seq_tok (plain TLM, seq joint at -1)": ("mlm_seq_tok", {**PLAIN_TLM, "objectives.seq.layer": -1}),
+    "mlm_seq_tok (bilingual separate)": ("mlm_seq_tok", {**PLAIN_TLM, **CLEAN_PASS, "objectives.mlm.bilingual": "separate",
                                                          "objectives.tok.encoding": "separate"}),
+    "mlm_seq_tok (1 cross layer, seq joint at -2)": ("mlm_seq_tok", late_fusion(1, reset=False)),
+    "mlm_seq_tok (default: 1 cross layer, reset positions, seq joint at -2)": ("mlm_seq_tok", late_fusion(1, reset=True)),
+}
+DEMO_RUNS = {
+    **TEST_RUNS,
+    "mlm_seq_tok (2 cross layers, seq joint at -3)": ("mlm_seq_tok", late_fusion(2, reset=False)),
+    "mlm_seq_tok (2 cross layers, reset positions, seq joint at -3)": ("mlm_seq_tok", late_fusion(2, reset=True)),
 }
 
 
@@ -49,30 +72,46 @@ def make_corpus(out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=["test", "demo"], default="test")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--corpus", help="demo scale: a corpus directory (default: the embedded demo corpus)")
+    parser.add_argument("--runs", nargs="+", help="labels to run (default: all of the scale)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "seq_encoding_quality.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="veco2-seq-quality-"))
-    corpus = make_corpus(work / "corpus")
-    shared = {"training.max_steps": args.steps, "training.warmup_steps": 20, "training.lr": 2e-3,
-              "training.checkpoint_every": 10_000, "training.log_every": 10, "evaluation.retrieval_layer": -1,
-              "data.tokenizer": str(work / "data" / "tokenizer"), "data.shard_dir": str(work / "data" / "shards")}
+    shared = {"training.max_steps": args.steps, "training.checkpoint_every": 10_000, "training.log_every": 10}
+    prepared = {"data.tokenizer": str(work / "data" / "tokenizer"), "data.shard_dir": str(work / "data" / "shards")}
+    if args.scale == "test":
+        corpus = make_corpus(work / "corpus")
+        shared.update({"training.warmup_steps": 20, "training.lr": 2e-3, "evaluation.retrieval_layer": -1})
+        presets, runs = [], TEST_RUNS
+
+        def overrides(**extra):
+            return tiny_training_overrides(corpus, **shared, **{k: "null" if v is None else v for k, v in extra.items()})
+    else:
+        presets, runs = [REPO / "config" / "pretrain" / "demo.yaml"], DEMO_RUNS
+        shared.update({"training.tensorboard": False, **({"data.corpus": args.corpus} if args.corpus else {})})
+
+        def overrides(**extra):
+            return [f"{k}={'null' if v is None else v}" for k, v in {**shared, **extra}.items()]
+    runs = {label: runs[label] for label in (args.runs or runs)}
     from veco2.trainer import prepare_data
 
-    prepare_data(load_config("ablations/mlm.yaml", overrides=tiny_training_overrides(corpus)), work / "data")
+    prepare_data(load_config(*presets, REPO / "ablations" / "mlm.yaml", overrides=overrides()), work / "data")
     results = {}
-    for label, (variant, extra) in RUNS.items():
-        cfg = load_config(REPO / "ablations" / f"{variant}.yaml",
-                          overrides=tiny_training_overrides(corpus, **shared, **extra))
-        summary = pretrain(cfg, work / label.replace(" ", "_").replace(":", "").replace("(", "").replace(")", ""))
+    for label, (variant, extra) in runs.items():
+        cfg = load_config(*presets, REPO / "ablations" / f"{variant}.yaml", overrides=overrides(**prepared, **extra))
+        summary = pretrain(cfg, work / "".join(c if c.isalnum() else "_" for c in label))
         results[label] = {"retrieval_accuracy": summary["retrieval"]["accuracy"],
+                          "retrieval_layer": summary["retrieval"]["layer"],
                           "median_tokens_per_s": summary["median_tokens_per_s"],
                           "final_losses": summary["final_losses"], "overrides": extra, "variant": variant}
-        print(f"{label:<45} retrieval {summary['retrieval']['accuracy']['mean']:6.2f}  "
+        print(f"{label:<55} retrieval {summary['retrieval']['accuracy']['mean']:6.2f}  "
+              f"mlm {summary['final_losses'].get('loss_mlm', float('nan')):6.3f}  "
               f"tokens/s {summary['median_tokens_per_s']:8.0f}", flush=True)
-    write_json(args.out, {"steps": args.steps, "threads": args.threads, "runs": results,
+    write_json(args.out, {"scale": args.scale, "steps": args.steps, "threads": args.threads, "runs": results,
                           "command": "python " + " ".join(sys.argv), "provenance": provenance()})
 
 

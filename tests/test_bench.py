@@ -29,7 +29,8 @@ def test_pack_first_fit_by_hand():
 
 
 def _mini_config(packing: bool, variant: str = "mlm_seq_tok"):
-    cfg = load_config(f"ablations/{variant}.yaml", overrides=tiny_training_overrides("unused"))
+    cfg = load_config(f"ablations/{variant}.yaml",  # with the clean pass too, to check both passes
+                      overrides=tiny_training_overrides("unused", **{"objectives.tok.encoding": "separate"}))
     object.__setattr__(cfg.data, "packing", packing)
     return cfg
 
@@ -57,17 +58,20 @@ def test_packed_sequences_are_encoded_exactly_as_alone(implementation):
             prefix = "" if name == "main" else "clean_"
             ids_a = unmasked(plain) if name == "main" else plain["clean_input_ids"]
             ids_b = unmasked(packed) if name == "main" else packed["clean_input_ids"]
-            a = model.encode(ids_a, plain[f"{prefix}attention_mask"])
+            sides = {"side_ids": plain["side_ids"]} if name == "main" else {}  # TLM sides apart below the top layer
+            a = model.encode(ids_a, plain[f"{prefix}attention_mask"], position_ids=plain.get(f"{prefix}position_ids"),
+                             **sides)
             b = model.encode(ids_b, packed[f"{prefix}attention_mask"], segment_ids=packed[f"{prefix}segment_ids"],
-                             position_ids=packed[f"{prefix}position_ids"])
-            view_a = model.pair_view(plain, a, a if name == "clean" else None, encoding, -1)
-            view_b = model.pair_view(packed, b, b if name == "clean" else None, encoding, -1)
-            width = view_b.src.shape[1]
-            for x, y, mask in ((view_a.src, view_b.src, view_b.src_mask), (view_a.tgt, view_b.tgt, view_b.tgt_mask)):
-                mask = mask.bool()
-                torch.testing.assert_close(x[:, :width][mask], y[mask], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(view_a.src_mask[:, :width].bool(), view_b.src_mask.bool())
-            assert torch.equal(view_a.spans, view_b.spans)
+                             position_ids=packed[f"{prefix}position_ids"], side_ids=packed.get("side_ids") if sides else None)
+            for layer in (-2, -1):  # sides apart, sides joined
+                view_a = model.pair_view(plain, a, a if name == "clean" else None, encoding, layer)
+                view_b = model.pair_view(packed, b, b if name == "clean" else None, encoding, layer)
+                width = view_b.src.shape[1]
+                for x, y, mask in ((view_a.src, view_b.src, view_b.src_mask), (view_a.tgt, view_b.tgt, view_b.tgt_mask)):
+                    mask = mask.bool()
+                    torch.testing.assert_close(x[:, :width][mask], y[mask], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(view_a.src_mask[:, :width].bool(), view_b.src_mask.bool())
+                assert torch.equal(view_a.spans, view_b.spans)
         # Without the block-diagonal mask the packed sequences would see each other.
         leaky = model.encode(packed["clean_input_ids"], packed["clean_attention_mask"],
                              position_ids=packed["clean_position_ids"])

@@ -77,7 +77,8 @@ def test_length_bucketing_cuts_padding(prepared):
 
 def test_collate_builds_tlm_rows_and_side_views(prepared, small_corpus_dir):
     _, tokenizer, shards, _ = prepared
-    cfg = _config(small_corpus_dir, **{"data.packing": False})  # one row per instance, to read it back
+    cfg = _config(small_corpus_dir, **{"data.packing": False,  # one row per instance, to read it back
+                                       "objectives.seq.encoding": "separate"})  # with the clean pass
     special = SpecialTokens.of(tokenizer)
     mono_idx, bi_idx = np.array([0, 1]), np.array([3, 5, 8])
     batch = collate(shards, mono_idx, bi_idx, cfg, special, torch.Generator().manual_seed(0))
@@ -114,9 +115,72 @@ def test_separate_bilingual_mode_reuses_the_main_pass(prepared, small_corpus_dir
     assert batch["side_src_rows"].tolist() == [1, 2] and batch["side_tgt_rows"].tolist() == [3, 4]
 
 
+@pytest.mark.parametrize("packing", [True, False])
+def test_tlm_cross_layers_keep_the_sides_apart_below_the_top_layers(prepared, small_corpus_dir, packing):
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+
+    def main_pass(cross, change_target=False):
+        cfg = _config(small_corpus_dir, **{"data.packing": packing, "objectives.mlm.tlm_cross_layers": cross,
+                                           "objectives.seq.encoding": "joint", "model.dropout": 0.0})
+        batch = collate(shards, np.array([0, 1]), np.array([2, 3]), cfg, special, torch.Generator().manual_seed(0))
+        if change_target:  # other target tokens, same lengths: the source side must not notice below the cross layers
+            tgt = batch["side_ids"] == 2
+            batch["input_ids"] = torch.where(tgt, (batch["input_ids"] + 7) % len(tokenizer) + 5, batch["input_ids"])
+        torch.manual_seed(0)
+        model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
+        with torch.no_grad():
+            out = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
+                               position_ids=batch.get("position_ids"), side_ids=batch["side_ids"])
+            plain = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
+                                 position_ids=batch.get("position_ids"))
+        return batch, out.hidden_states, plain.hidden_states
+
+    layers = 2  # tiny_training_overrides' model
+    batch, every_layer, plain = main_pass(cross=layers)  # every layer crosses: plain TLM
+    assert len(every_layer) == layers + 1
+    assert batch["side_ids"].eq(1).any() and batch["side_ids"].eq(2).any()
+    real = batch["attention_mask"].bool()
+    for ours, theirs in zip(every_layer, plain):
+        torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+
+    batch, states, _ = main_pass(cross=1)
+    _, changed, _ = main_pass(cross=1, change_target=True)
+    src = batch["side_ids"] == 1
+    for layer in range(layers):  # hidden states 0 .. L-1: sides apart
+        torch.testing.assert_close(states[layer][src], changed[layer][src], rtol=0, atol=0)
+    assert not torch.allclose(states[layers][src], changed[layers][src])  # the top layer sees the other side
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_tlm_reset_positions_restart_at_the_target_side(prepared, small_corpus_dir, packing):
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    cfg = _config(small_corpus_dir, **{"data.packing": packing, "objectives.mlm.tlm_reset_positions": True,
+                                       "objectives.mlm.tlm_cross_layers": 0})
+    batch = collate(shards, np.array([0]), np.array([2, 3]), cfg, special, torch.Generator().manual_seed(0))
+    first = special.pad + 1
+    positions = batch["position_ids"]
+    width = positions.shape[1]
+    for n, pair in enumerate((2, 3)):
+        src, tgt, _ = shards.bi(pair)
+        row, col = divmod(int(batch["pair_index"][n, 0]), width) if packing else (int(batch["pair_rows"][n]), 0)
+        tgt_start = col + len(src) + 2  # after "<s> x </s>"
+        assert positions[row, col:tgt_start].tolist() == list(range(first, first + len(src) + 2))
+        assert positions[row, tgt_start:tgt_start + len(tgt) + 2].tolist() == list(range(first, first + len(tgt) + 2))
+
+
+def test_tlm_cross_layers_must_fit_the_encoder(small_corpus_dir, prepared):
+    _, tokenizer, _, _ = prepared
+    cfg = _config(small_corpus_dir, **{"objectives.mlm.tlm_cross_layers": 3})
+    with pytest.raises(Veco2Error, match="tlm_cross_layers=3: the encoder has only 2 layers"):
+        Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), 1), cfg.objectives)
+
+
 def test_sparse_mlm_loss_equals_the_hf_full_vocabulary_loss(prepared, small_corpus_dir):
     _, tokenizer, shards, _ = prepared
-    cfg = _config(small_corpus_dir, **{"data.packing": False})  # HF's own forward knows no packing
+    cfg = _config(small_corpus_dir, **{"data.packing": False, "objectives.mlm.tlm_cross_layers": "null",
+                                       "objectives.mlm.tlm_reset_positions": False})  # HF's plain forward
     special = SpecialTokens.of(tokenizer)
     torch.manual_seed(0)
     encoder = build_encoder(cfg.model, len(tokenizer), special.pad).eval()

@@ -37,7 +37,8 @@ sees other (length-sorted) batches.
 
 **The baseline** is the objective written the plain way: ``XLMRobertaForMaskedLM(labels=...)``
 (the full-vocabulary head at every position), eager attention, float32, batches padded to their
-longest sequence without length bucketing or packing, the sequence-contrastive sides encoded by
+longest sequence without length bucketing or packing, plain TLM rows (every layer joint, one run
+of positions), the sequence-contrastive sides encoded by
 two extra forward passes (one per side, unmasked), the token-contrastive term on the hidden
 states of the MLM pass's TLM rows, ``torch.optim.AdamW`` with its default (non-fused)
 implementation.  The loss terms are veco2's own ``SequenceContrastive`` / ``TokenContrastive``
@@ -202,7 +203,9 @@ class System:
                 f"data.max_length={args.seq_len}", "model.dropout=0.1"]
         if spec.kind == "baseline":
             base += ["data.bucket_by_length=false", "data.packing=false", "model.sparse_mlm_head=false",
-                     "model.attn_implementation=eager"]
+                     "model.attn_implementation=eager",  # and HF's plain TLM with one extra pass per side:
+                     "objectives.mlm.tlm_cross_layers=null", "objectives.mlm.tlm_reset_positions=false",
+                     "objectives.seq.encoding=separate"]
         else:
             base += VECO2_DEFAULTS
         self.cfg = _apply_overrides(spec.variant, base + args.override + spec.overrides)
@@ -486,11 +489,15 @@ def cmd_pretrain(args) -> None:
                  args, result)
 
 
-DEFAULT_VARIANTS = [
+_PLAIN_TLM = "objectives.mlm.tlm_cross_layers=null,objectives.mlm.tlm_reset_positions=false"
+_CLEAN_PASS = "objectives.seq.encoding=separate,objectives.seq.layer=-1"
+DEFAULT_VARIANTS = [  # the defaults first (ratios are to mlm), then the other encodings of the same objectives
     "mlm=veco2:mlm",
     "mlm_seq_tok=veco2:mlm_seq_tok",
-    "mlm_seq_tok/seq_joint=veco2:mlm_seq_tok:objectives.seq.encoding=joint",
-    "mlm_seq_tok/bilingual_separate=veco2:mlm_seq_tok:objectives.mlm.bilingual=separate,objectives.tok.encoding=separate",
+    f"mlm/plain_tlm=veco2:mlm:{_PLAIN_TLM}",
+    f"mlm_seq_tok/plain_tlm_clean_pass=veco2:mlm_seq_tok:{_PLAIN_TLM},{_CLEAN_PASS}",
+    f"mlm_seq_tok/bilingual_separate=veco2:mlm_seq_tok:{_CLEAN_PASS},objectives.mlm.bilingual=separate,"
+    "objectives.tok.encoding=separate",
 ]
 
 

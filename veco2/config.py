@@ -87,6 +87,18 @@ class MaskedLMConfig:
     bilingual: Literal["tlm", "separate"] = "tlm"
     """How bilingual instances are encoded for MLM: ``tlm`` concatenates the pair into one sequence
     (XLM's TLM); ``separate`` masks each side as its own sequence."""
+    tlm_reset_positions: bool = True
+    """TLM only: restart the position ids at the target side of a TLM row, as XLM's TLM does ("to
+    facilitate the alignment"); ``False``: one sequence of positions (XLM-R's pair layout)
+    (reconstruction)."""
+    tlm_cross_layers: int | None = 1
+    """TLM only: the number of top encoder layers in which the two sides of a TLM row attend to
+    each other; in the layers below, each side attends only to itself.  ``None``: every layer
+    (XLM's TLM).  With ``c`` cross layers, hidden states ``0 .. L-c`` (``L-c`` = index ``-(c+1)``)
+    hold each side encoded on its own, so the default ``seq.encoding=joint`` pooled there
+    (``seq.layer=-2``) has no shortcut through the other side and needs no extra encoder pass.
+    Reconstruction, chosen on measurements (benchmarks/RESULTS.md): on the demo it aligns
+    sentences as well as a separate clean pass at the cost of the TLM pass alone."""
 
 
 @dataclass
@@ -96,17 +108,19 @@ class SequenceContrastiveConfig:
     temperature: float = 0.05
     """τ_seq (reconstruction)."""
     pooling: Literal["mean", "cls"] = "mean"
-    layer: int = -1
-    """Hidden layer to pool (0 = embeddings, -1 = last) (reconstruction)."""
+    layer: int = -2
+    """Hidden layer to pool (0 = embeddings, -1 = last): by default the last one in which the sides
+    of a TLM row are still apart (see ``mlm.tlm_cross_layers``) (reconstruction)."""
     projection: int | None = None
     symmetric: bool = True
     negatives: Literal["in_batch", "gather", "queue"] = "gather"
     queue_size: int = 131072
     momentum: float = 0.999
-    encoding: Literal["separate", "joint"] = "separate"
-    """``separate``: each side encoded on its own (an extra clean pass unless ``mlm.bilingual`` is
-    ``separate``, whose passes are reused); ``joint``: pool each side of the TLM pass (cheaper,
-    but the sides see each other) (reconstruction)."""
+    encoding: Literal["separate", "joint"] = "joint"
+    """``joint``: pool each side of its TLM row in the main pass (no extra pass; the sides must not
+    see each other at ``layer``, see ``mlm.tlm_cross_layers``, or the loss can match them through
+    each other); ``separate``: each side encoded on its own (an extra clean pass unless
+    ``mlm.bilingual`` is ``separate``, whose passes are reused) (reconstruction)."""
 
 
 @dataclass
@@ -322,6 +336,9 @@ def _check_ranges(cfg: Config, origins: dict[str, str] | None = None) -> None:
         value = _get(cfg, path)
         if not 0.0 <= value <= 1.0:
             raise fail(path, value, "must be between 0 and 1")
+    cross = cfg.objectives.mlm.tlm_cross_layers
+    if cross is not None and cross < 0:
+        raise fail("objectives.mlm.tlm_cross_layers", cross, "must be >= 0 (or null: every layer)")
     if cfg.objectives.mlm.mask_prob + cfg.objectives.mlm.random_prob > 1.0:
         raise ConfigError("config: objectives.mlm.mask_prob + objectives.mlm.random_prob must be <= 1")
     if cfg.data.tokenizer == "train" and cfg.data.vocab_size < MIN_TRAINED_VOCAB:

@@ -10,7 +10,9 @@ Read top to bottom:
    A batch (built by ``veco2.data.batching``) holds one *main* pass of masked sequences
    (monolingual instances, plus bilingual instances as TLM concatenations or as separately masked
    sides) and, when a contrastive term asks for clean separately encoded sides, one *clean* pass.
-   The contrastive terms reuse the hidden states of the main pass wherever the options allow.
+   The contrastive terms reuse the hidden states of the main pass wherever the options allow; by
+   default the two sides of a TLM row attend to each other only in the top layer
+   (``mlm.tlm_cross_layers``), so the sentence vectors pooled below it need no extra pass.
 
 Loss: L = w_mlm · L_mlm + λ_seq · L_seq + λ_tok · L_tok (see ``veco2.objectives``).
 """
@@ -18,6 +20,7 @@ Loss: L = w_mlm · L_mlm + λ_seq · L_seq + λ_tok · L_tok (see ``veco2.object
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,8 @@ from transformers import AutoModelForMaskedLM, XLMRobertaConfig, XLMRobertaForMa
 from .config import ModelConfig, ObjectivesConfig
 from .errors import Veco2Error
 from .objectives import MaskedLM, SequenceContrastive, TokenContrastive, momentum_update
+
+log = logging.getLogger(__name__)
 
 # hidden, layers, heads, feed-forward.  base/large are XLM-R's; tiny/small are for CPU demos and tests.
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -126,6 +131,15 @@ class Veco2ForPretraining(nn.Module):
                             mask_prob=objectives.mlm.mask_prob, random_prob=objectives.mlm.random_prob)
         hidden = encoder.config.hidden_size
         seq, tok = objectives.seq, objectives.tok
+        cross, layers = objectives.mlm.tlm_cross_layers, encoder.config.num_hidden_layers
+        if cross is not None and cross > layers:
+            raise Veco2Error(f"objectives.mlm.tlm_cross_layers={cross}: the encoder has only {layers} layers")
+        if seq.weight > 0 and seq.encoding == "joint" and objectives.mlm.bilingual == "tlm":
+            apart = layers - (layers if cross is None else cross)  # last hidden state with the sides apart
+            if seq.layer % (layers + 1) > apart:
+                log.warning("objectives.seq.layer=%d pools hidden states in which the two sides of a TLM row "
+                            "attend to each other (apart up to %d with tlm_cross_layers=%s): the sequence loss "
+                            "can match them through each other", seq.layer, apart, cross)
         self.seq = SequenceContrastive(
             hidden_size=hidden, temperature=seq.temperature, pooling=seq.pooling, layer=seq.layer,
             projection=seq.projection, symmetric=seq.symmetric, negatives=seq.negatives,
@@ -145,14 +159,37 @@ class Veco2ForPretraining(nn.Module):
 
     # -- encoder passes ---------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None,
-               segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> PassOutput:
+               segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+               side_ids: torch.Tensor | None = None) -> PassOutput:
         """One encoder pass.  With ``segment_ids`` (packed rows, see ``veco2.data.batching``) a token
         attends only to the tokens of its own sequence: a block-diagonal 4D mask, which
-        transformers passes through unchanged to the attention implementation."""
+        transformers passes through unchanged to the attention implementation.  With ``side_ids``
+        (``mlm.tlm_cross_layers``) the two sides of a TLM row attend to each other only in the
+        top ``tlm_cross_layers`` layers."""
+        encoder = encoder or self.encoder.roberta
+        if side_ids is not None:
+            return self._encode_late_fusion(encoder, input_ids, attention_mask, segment_ids, position_ids, side_ids)
         mask = attention_mask if segment_ids is None else self.block_diagonal_mask(segment_ids)
-        out = (encoder or self.encoder.roberta)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                                 output_hidden_states=True, return_dict=True)
+        out = encoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                      output_hidden_states=True, return_dict=True)
         return PassOutput(out.hidden_states, attention_mask)
+
+    def _encode_late_fusion(self, encoder: nn.Module, input_ids, attention_mask, segment_ids, position_ids,
+                            side_ids) -> PassOutput:
+        """The encoder's layers run one by one: the lower ones with a mask that also separates the
+        sides of a TLM row (``side_ids``: 1 source, 2 target, 0 elsewhere), the top
+        ``tlm_cross_layers`` with the usual per-sequence mask."""
+        sequences = attention_mask if segment_ids is None else segment_ids  # pad (0) only sees pad
+        joint = self.block_diagonal_mask(sequences)
+        apart = self.block_diagonal_mask(sequences * 3 + side_ids)
+        layers = encoder.encoder.layer
+        first_cross = len(layers) - self.objectives_config.mlm.tlm_cross_layers
+        hidden = encoder.embeddings(input_ids=input_ids, position_ids=position_ids)
+        states = [hidden]
+        for index, layer in enumerate(layers):
+            hidden = layer(hidden, attention_mask=apart if index < first_cross else joint)
+            states.append(hidden)
+        return PassOutput(tuple(states), attention_mask)
 
     def block_diagonal_mask(self, segment_ids: torch.Tensor) -> torch.Tensor:
         """[R, 1, W, W]: True (sdpa) / 0.0 (eager) where query and key are in the same sequence.
@@ -201,7 +238,7 @@ class Veco2ForPretraining(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         main = self.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
-                           position_ids=batch.get("position_ids"))
+                           position_ids=batch.get("position_ids"), side_ids=batch.get("side_ids"))
         losses = {"mlm": self.mlm_loss(main, batch["labels"])}
         if self.seq is None and self.tok is None:
             return losses

@@ -329,8 +329,10 @@ class SequenceContrastive(nn.Module):
         encoding="separate": "separate" (each side encoded on its own) or "joint" (both sides'
             hidden states come from the one TLM pass over the concatenated pair and the masks
             select each side's tokens).  Read by the trainer; this class only sees src/tgt
-            hidden states and masks either way.  With "joint" each side can attend to the
-            other, which makes the task easier; reconstruction, both are offered.
+            hidden states and masks either way.  With "joint" pooled where the sides attend to
+            each other, the task has a shortcut; the trainer's default keeps the sides of a TLM
+            row apart below its top layer (``mlm.tlm_cross_layers``) and pools there, which
+            costs no extra pass.  Reconstruction, all are offered.
 
     :meth:`embed` gives the pooled, projected, L2-normalised vectors (for retrieval).
 

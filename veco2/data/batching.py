@@ -15,6 +15,8 @@ The collator (:func:`collate`) builds the tensors :class:`veco2.model.Veco2ForPr
 ``pair_rows``                     main-pass row of each pair's TLM instance (``mlm.bilingual=tlm``)
 ``joint_src_mask/_tgt_mask``      [N, T_main] content tokens of each side inside the TLM row
 ``joint_spans``                   [P, 5] synonym spans in TLM-row coordinates
+``side_ids``                      1 / 2 on the source / target side of a TLM row, else 0
+                                  (``mlm.tlm_cross_layers``: sides apart in the lower layers)
 ``clean_input_ids, clean_...``    unmasked sides ``<s> x </s>`` / ``<s> y </s>`` (2N rows), when needed
 ``side_src_rows, side_tgt_rows``  rows of the separately encoded sides (clean pass if present, else main)
 ``side_src_mask/_tgt_mask``       [N, T] attention masks of those rows (sentence pooling)
@@ -34,7 +36,9 @@ twice as long, waste much padding otherwise).  Each packed pass then also carrie
                                   the model turns it into a block-diagonal attention mask
 ``position_ids``                  [R, W] XLM-R positions restarted at every sequence
                                   (``pad + 1 + offset``), so a packed sequence is encoded
-                                  exactly as it would be alone
+                                  exactly as it would be alone (also without packing, and
+                                  restarted at a TLM row's target side, with
+                                  ``mlm.tlm_reset_positions``)
 ``clean_segment_ids, ..._pos...`` the same for the clean pass
 ``pair_index``                    [N, T] flat positions (``row·W + column``) of each TLM
                                   instance in the main pass, instead of ``pair_rows``
@@ -256,6 +260,13 @@ class PackedPass:
     offset: np.ndarray
     lengths: list[int]
 
+    def place(self, values: list[list[int]]) -> torch.Tensor:
+        """[R, W] per-token ``values`` of every sequence at the sequence's positions (0 elsewhere)."""
+        out = torch.zeros(self.input_ids.shape, dtype=torch.long)
+        for r, o, v in zip(self.row, self.offset, values):
+            out[int(r), int(o):int(o) + len(v)] = torch.as_tensor(v, dtype=torch.long)
+        return out
+
     def index(self, sequences: range | list[int], width: int) -> torch.Tensor:
         """[n, width] flat positions of ``sequences`` (past a sequence's end: its first token)."""
         sel = np.asarray(list(sequences), dtype=np.int64)
@@ -309,6 +320,14 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
     batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
     if packing:
         batch["segment_ids"], batch["position_ids"] = main.segment_ids, main.position_ids
+    if tlm and cfg.objectives.mlm.tlm_cross_layers is not None:  # which side of its TLM row a token is on
+        batch["side_ids"] = main.place([[0] * len(row) for row in mono] +
+                                       [[1] * (len(x) + 2) + [2] * (len(y) + 2) for x, y in zip(src, tgt)])
+    if tlm and cfg.objectives.mlm.tlm_reset_positions:  # XLM: the target side starts again at position 0
+        first = pad + 1  # XLM-R: positions start after padding_idx
+        batch["position_ids"] = main.place(
+            [list(range(first, first + len(row))) for row in mono] +
+            [list(range(first, first + len(x) + 2)) + list(range(first, first + len(y) + 2)) for x, y in zip(src, tgt)])
     if n == 0 or (cfg.objectives.seq.weight == 0 and cfg.objectives.tok.weight == 0):
         return batch
 
