@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -76,6 +77,7 @@ import torch
 
 from .config import Config, load_config
 from .data.batching import SpecialTokens, StepSampler, collate, needs_clean_pass
+from .data.corpus import Corpus
 from .errors import Veco2Error
 from .fileio import write_json
 from .model import SIZES, Veco2ForPretraining, build_encoder, flops_per_token
@@ -153,7 +155,12 @@ def load_data(args) -> tuple[object, SpecialTokens]:
     cfg = load_config(overrides=[f"data.corpus={args.data}", f"data.vocab_size={args.tokenizer_vocab}",
                                  f"data.max_length={args.seq_len}"])
     languages = "-".join(cfg.data.languages) or "all"
-    cache = Path(args.cache) / f"{Path(args.data).name}-v{args.tokenizer_vocab}-len{args.seq_len}-{languages}"
+    corpus = Corpus(cfg.data.corpus).root
+    digest = hashlib.sha256()  # the cache key follows the corpus content: a rebuilt corpus is re-tokenized
+    for path in sorted(p for part in ("parallel", "mono", "dict") for p in (corpus / part).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(corpus)}\0".encode() + path.read_bytes())
+    cache = Path(args.cache) / (f"{Path(args.data).name}-v{args.tokenizer_vocab}-len{args.seq_len}-{languages}-"
+                                f"{digest.hexdigest()[:12]}")
     tokenizer, shards = prepare_data(cfg, cache)
     return shards, SpecialTokens.of(tokenizer)
 
