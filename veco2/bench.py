@@ -81,7 +81,7 @@ from .data.corpus import Corpus
 from .errors import Veco2Error
 from .fileio import write_json
 from .model import SIZES, Veco2ForPretraining, build_encoder, flops_per_token
-from .provenance import provenance
+from .provenance import provenance, sha256_file
 from .trainer import PEAK_FLOPS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def load_data(args) -> tuple[object, SpecialTokens]:
     corpus = Corpus(cfg.data.corpus).root
     digest = hashlib.sha256()  # the cache key follows the corpus content: a rebuilt corpus is re-tokenized
     for path in sorted(p for part in ("parallel", "mono", "dict") for p in (corpus / part).rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(corpus)}\0".encode() + path.read_bytes())
+        digest.update(f"{path.relative_to(corpus)}\0{sha256_file(path)}\n".encode())
     cache = Path(args.cache) / (f"{Path(args.data).name}-v{args.tokenizer_vocab}-len{args.seq_len}-{languages}-"
                                 f"{digest.hexdigest()[:12]}")
     tokenizer, shards = prepare_data(cfg, cache)

@@ -26,16 +26,19 @@ from .errors import Veco2Error
 from .fileio import fault_point, read_json, write_json
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _options(**extra):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     # cpu_offload gathers onto rank 0 only; it needs a process group, and one process needs no gathering.
-    return StateDictOptions(full_state_dict=True, cpu_offload=distributed, **extra)
+    return StateDictOptions(full_state_dict=True, cpu_offload=_distributed(), **extra)
 
 
 def _is_main() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    return not _distributed() or torch.distributed.get_rank() == 0
 
 
 def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
