@@ -65,8 +65,37 @@ def cmd_data_build_demo_tasks(args) -> None:
     demo_tasks.main(args.rest)
 
 
+class _PrintVersion(argparse.Action):
+    """``--version`` on one line (argparse's own version action re-wraps it to the terminal width)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_line())
+        parser.exit()
+
+
+def _version_line() -> str:
+    """``veco2 X.Y.Z (torch ..., transformers ..., accelerate ...)``, read from the installed
+    distributions' metadata so that ``--version`` answers without importing torch."""
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "transformers", "accelerate", "datasets"))
+    return f"veco2 {__version__} ({libraries})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veco2", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_PrintVersion, help="print the versions of veco2 and its main libraries")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--log-level", default=os.environ.get("VECO2_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)

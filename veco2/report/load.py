@@ -42,9 +42,11 @@ from veco2.xtreme.aggregate import OFFICIAL_LANGUAGES, RETRIEVAL_TASKS, TASKS
 
 log = logging.getLogger(__name__)
 
-# The ablation grid of the suite (ablations/*.yaml); the baseline every delta is taken against.
+# The ablation grid of the suite (ablations/*.yaml), which orders the table rows, and the variant
+# every ablation delta is taken against (the MLM-only pre-training; the starting model, when the
+# study has one in `baselines:`, is the second reference).
 ABLATION_VARIANTS: tuple[str, ...] = ("mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok")
-BASELINE = "mlm"
+REFERENCE_VARIANT = "mlm"
 
 BENCHMARK_COLUMNS = ("s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time")  # fmt: skip
@@ -69,10 +71,16 @@ class ResultsTree:
         sweeps: ``{study: {"trials": DataFrame | None, "images": [Path], "direction": str}}``.
         provenance: one row per run file (XTREME and pre-training) with commit, versions, hashes.
         missing: human-readable gap descriptions, in a stable order.
+        variants: every model with results, in table order: the pre-trained variants, then the
+            baselines.
+        baselines: the models scored without a pre-training run of this study (the workflow's
+            ``baselines:``, e.g. the hub model a continued pre-training starts from): XTREME
+            results under ``xtreme/NAME`` and no ``pretrain/NAME`` directory.
     """
 
     root: Path
     variants: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_language: pd.DataFrame = field(default_factory=pd.DataFrame)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -106,7 +114,9 @@ def load_results(root: str | Path) -> ResultsTree:
     _load_xtreme(tree)
     tree.benchmarks = _load_benchmarks(root / "benchmarks")
     tree.sweeps = _load_sweeps(root / "sweeps")
-    tree.variants = order_variants(set(tree.variants) | set(tree.pretrain))
+    tree.baselines = sorted(set(tree.variants) - set(tree.pretrain)) if tree.pretrain else []
+    pretrained = order_variants(set(tree.variants) | set(tree.pretrain))
+    tree.variants = [v for v in pretrained if v not in tree.baselines] + tree.baselines
     if not tree.variants and tree.benchmarks.empty and not tree.sweeps:
         raise InputError(root, None, "no xtreme/, pretrain/, benchmarks/ or sweeps/ results found")
     _list_pretrain_gaps(tree)
@@ -249,6 +259,8 @@ def _list_pretrain_gaps(tree: ResultsTree) -> None:
     if not tree.benchmarks.empty:
         bench_variants = set(tree.benchmarks.loc[tree.benchmarks["rule"] == "pretrain", "wildcards"])
     for variant in tree.variants:
+        if variant in tree.baselines:  # not pre-trained here: no summary, metrics or benchmark to expect
+            continue
         if pre_dir.is_dir():
             if not tree.pretrain.get(variant):
                 tree.missing.append(f"pretrain/{variant}/summary.json missing")

@@ -16,6 +16,7 @@ from snakemake.exceptions import WorkflowError
 from veco2.config import load_config
 from veco2.provenance import config_hash
 from veco2.xtreme.data import DEMO_ROOT
+from veco2.xtreme.finetune import resolve_hyperparameters
 from veco2.xtreme.registry import get_task
 
 # Jobs find the `veco2` console script of the environment Snakemake runs in, even when that
@@ -74,6 +75,25 @@ def discover_variants():
 
 
 VARIANTS = discover_variants()
+
+
+# Baselines: existing models (a hub name or a local path, exactly as `from_pretrained` takes them)
+# fine-tuned and scored beside the variants with no pre-training job -- the starting model of a
+# continued pre-training run is the row every variant is compared with.
+def discover_baselines():
+    found = {}
+    for entry in config["baselines"]:
+        model = entry if isinstance(entry, str) else entry["model"]
+        name = entry["name"] if isinstance(entry, dict) and entry.get("name") else model.rstrip("/").split("/")[-1]
+        if name in VARIANTS or name in found:
+            raise WorkflowError(f"baselines: the name {name!r} ({model}) is taken by "
+                                f"{'a variant' if name in VARIANTS else found[name]}; give it a `name:`")
+        found[name] = model
+    return found
+
+
+BASELINES = discover_baselines()
+MODELS = [*VARIANTS, *BASELINES]  # every row of the study: pre-trained variants, then baselines
 
 
 def ablation_file(variant):
@@ -151,12 +171,48 @@ def data_args(task):
     return args
 
 
+def gpu_count(resources):
+    """GPUs the profile gives a job: `gpu: N` (local runs) or Slurm's `gres: gpu[:TYPE]:N`."""
+    match = re.fullmatch(r"gpu(?::[^:]+)?:(\d+)", str(resources.get("gres", "") or ""))
+    return int(match[1]) if match else int(resources.get("gpu", 0) or 0)
+
+
+def launcher(wildcards, resources):
+    """The command prefix of a GPU job: pinned to its own device(s) by veco2.devices, and run as
+    `accelerate launch` with one process per GPU (DDP) when the profile gives it several."""
+    gpus = gpu_count(resources)
+    pin = f"python -m veco2.devices --count {max(gpus, 1)} --"
+    if gpus > 1:
+        return (f"{pin} accelerate launch --multi_gpu --num_machines 1 --num_processes {gpus}"
+                " --main_process_port 0 -m veco2.cli")
+    return f"{pin} veco2"
+
+
+def model_inputs(wildcards):
+    """A variant's pre-trained model (and its DONE marker); nothing for a baseline, which names a
+    hub model or an existing directory."""
+    if wildcards.variant in BASELINES:
+        return {}
+    return {"model": model_dir(wildcards.variant), "done": f"{RESULTS}/pretrain/{wildcards.variant}/DONE"}
+
+
+def model_arg(wildcards):
+    return BASELINES.get(wildcards.variant) or model_dir(wildcards.variant)
+
+
+def finetune_overrides(task):
+    return {**config["finetune"]["overrides"], **config["finetune"]["task_overrides"].get(task, {})}
+
+
+for _task in FINETUNE_TASKS:  # a misspelt or bad fine-tuning setting fails here, naming the key
+    resolve_hyperparameters(get_task(_task), finetune_overrides(_task))
+
+
 def finetune_args(wildcards):
     args = data_args(wildcards.task)
     if config["finetune"]["max_steps"] is not None:
         args += ["--max-steps", str(config["finetune"]["max_steps"])]
-    hp = {**config["finetune"]["overrides"], **config["finetune"]["task_overrides"].get(wildcards.task, {})}
-    for key, value in hp.items():
+    for key, value in finetune_overrides(wildcards.task).items():
         args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     if config["finetune"]["translate_train"]:
         args.append("--translate-train")
@@ -212,9 +268,10 @@ def model_dir(variant):
 
 
 def xtreme_results():
-    """Every results.json of the study: variant x fine-tuned task x seed, plus variant x retrieval task."""
-    files = [f"{RESULTS}/xtreme/{v}/{t}/seed{s}/results.json" for v in VARIANTS for t in FINETUNE_TASKS for s in SEEDS[t]]
-    files += [f"{RESULTS}/xtreme/{v}/{t}/seed{RETRIEVAL_SEED}/results.json" for v in VARIANTS for t in RETRIEVAL_TASKS]
+    """Every results.json of the study: model x fine-tuned task x seed, plus model x retrieval task
+    (models = the variants and the baselines)."""
+    files = [f"{RESULTS}/xtreme/{v}/{t}/seed{s}/results.json" for v in MODELS for t in FINETUNE_TASKS for s in SEEDS[t]]
+    files += [f"{RESULTS}/xtreme/{v}/{t}/seed{RETRIEVAL_SEED}/results.json" for v in MODELS for t in RETRIEVAL_TASKS]
     return files
 
 
@@ -226,6 +283,6 @@ def final_targets():
 
 
 wildcard_constraints:
-    variant="|".join(map(re.escape, VARIANTS)) if VARIANTS else "[^/]+",
+    variant="|".join(map(re.escape, MODELS)),
     task="[a-z0-9]+",
     seed="[0-9]+",

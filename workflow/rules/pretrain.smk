@@ -6,6 +6,10 @@
 # checkpoint.  The declared outputs are the final model, its summary and the DONE marker that the
 # trainer writes last.  metrics.jsonl is deliberately not an output (Snakemake would delete it
 # before the resumed run appends to it).
+#
+# GPUs: a job that the profile gives several (`gpu: N`, or Slurm's `gres: gpu:N`) runs under
+# `accelerate launch --num_processes N` (DDP, common.smk `launcher`); `training.batch_size` is per
+# process, so the global batch is batch_size x grad_accum x N (logged at the start of training).
 
 
 rule pretrain:
@@ -21,6 +25,7 @@ rule pretrain:
     params:
         out=lambda wildcards, output: os.path.dirname(output.done),
         overrides=pretrain_args,
+        launch=launcher,
     conda:
         "../../environment.yml"
     log:
@@ -28,5 +33,5 @@ rule pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{variant}}.tsv"
     shell:
-        "python -m veco2.devices -- veco2 pretrain --config {input.preset:q} --config {input.ablation:q}"
+        "{params.launch} pretrain --config {input.preset:q} --config {input.ablation:q}"
         " --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"

@@ -1,11 +1,12 @@
-# XTREME: zero-shot fine-tuning (one job per variant x task x seed, which spreads well over a
-# cluster) and retrieval with the pre-trained encoder (one job per variant x task).
+# XTREME: zero-shot fine-tuning (one job per model x task x seed, which spreads well over a
+# cluster) and retrieval with the pre-trained encoder (one job per model x task).  A model is a
+# pre-trained variant or a baseline (config `baselines:`, a hub name or a directory).  A job that
+# the profile gives several GPUs runs under `accelerate launch` (DDP; common.smk `launcher`).
 
 
 rule finetune:
     input:
-        model=f"{RESULTS}/pretrain/{{variant}}/model",
-        done=f"{RESULTS}/pretrain/{{variant}}/DONE",
+        unpack(model_inputs),
         data=xtreme_data_input,
     output:
         f"{RESULTS}/xtreme/{{variant}}/{{task}}/seed{{seed}}/results.json",
@@ -13,6 +14,8 @@ rule finetune:
         task="xnli|pawsx|udpos|panx|xquad|mlqa|tydiqa",
     params:
         out=lambda wildcards: f"{RESULTS}/xtreme/{wildcards.variant}",
+        model=model_arg,
+        launch=launcher,
         args=finetune_args,
     conda:
         "../../environment.yml"
@@ -21,7 +24,7 @@ rule finetune:
     benchmark:
         f"{BENCH}/finetune/{{variant}}/{{task}}/seed{{seed}}.tsv"
     shell:
-        "python -m veco2.devices -- veco2 finetune --task {wildcards.task:q} --model {input.model:q}"
+        "{params.launch} finetune --task {wildcards.task:q} --model {params.model:q}"
         " --seeds {wildcards.seed:q} --out {params.out:q} {params.args:q} > {log:q} 2>&1"
 
 
@@ -29,8 +32,7 @@ rule evaluate_retrieval:
     """Tatoeba / BUCC: scores every layer (`retrieval.layer: all`) for the accuracy-by-layer plot;
     the headline score uses the default layer."""
     input:
-        model=f"{RESULTS}/pretrain/{{variant}}/model",
-        done=f"{RESULTS}/pretrain/{{variant}}/DONE",
+        unpack(model_inputs),
         data=xtreme_data_input,
     output:
         f"{RESULTS}/xtreme/{{variant}}/{{task}}/seed{RETRIEVAL_SEED}/results.json",
@@ -38,6 +40,8 @@ rule evaluate_retrieval:
         task="tatoeba|bucc2018",
     params:
         out=lambda wildcards: f"{RESULTS}/xtreme/{wildcards.variant}",
+        model=model_arg,
+        launch=launcher,
         args=evaluate_args,
     conda:
         "../../environment.yml"
@@ -46,5 +50,5 @@ rule evaluate_retrieval:
     benchmark:
         f"{BENCH}/evaluate_retrieval/{{variant}}/{{task}}.tsv"
     shell:
-        "python -m veco2.devices -- veco2 evaluate --task {wildcards.task:q} --model {input.model:q}"
+        "{params.launch} evaluate --task {wildcards.task:q} --model {params.model:q}"
         " --out {params.out:q} {params.args:q} > {log:q} 2>&1"

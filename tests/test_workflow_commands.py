@@ -1,0 +1,211 @@
+"""What each scale's real command executes: the shell commands that `snakemake -n -p` plans.
+
+A scale is exactly its config file: no value of another scale (the demo's 60 pre-training steps,
+its 320-example fine-tuning cap) may leak into small, base or large.  These tests parse every
+planned `veco2 pretrain`, `veco2 finetune` and `veco2 evaluate` command line, resolve the config and
+hyper-parameters that the job would run with through the same functions the commands use, and
+compare them with the preset and task files.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import REPO, snakemake
+from veco2.config import load_config
+from veco2.xtreme.finetune import parse_overrides, resolve_hyperparameters
+from veco2.xtreme.registry import get_task
+
+SCALES = ("demo", "small", "base", "large")
+VARIANTS = sorted(p.stem for p in (REPO / "ablations").glob("*.yaml"))
+
+
+def planned_commands(tmp_path: Path, *args: str) -> list[list[str]]:
+    """The argument vectors of every `veco2 ...` job of a dry run (after the device/launch prefix,
+    without the log redirection)."""
+    proc = snakemake("-n", "-p", "--directory", str(tmp_path), *args)
+    commands = []
+    for line in proc.stdout.splitlines():
+        if not line.startswith("Shell command: "):
+            continue
+        argv = shlex.split(line.removeprefix("Shell command: ").split(" > ", 1)[0])
+        if "veco2" in argv or "veco2.cli" in argv:  # not the `all` target's "None"
+            commands.append(argv)
+    assert commands, proc.stdout[-2000:]
+    return commands
+
+
+def veco2_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(launcher prefix, `veco2` arguments) of one job's command."""
+    if "veco2" in argv:
+        at = argv.index("veco2")
+        return argv[:at], argv[at + 1:]
+    at = argv.index("veco2.cli")  # accelerate launch ... -m veco2.cli
+    return argv[:at + 1], argv[at + 1:]
+
+
+def option_values(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == option]
+
+
+def pretrain_jobs(commands):
+    jobs = {}
+    for argv in commands:
+        prefix, args = veco2_argv(argv)
+        if args[:1] == ["pretrain"]:
+            configs = option_values(args, "--config")
+            rest = [a for i, a in enumerate(args[1:], 1) if a not in ("--config", "--out")
+                    and args[i - 1] not in ("--config", "--out")]
+            jobs[Path(configs[-1]).stem] = (prefix, configs, rest)
+    return jobs
+
+
+def finetune_jobs(commands, subcommand="finetune"):
+    jobs = []
+    for argv in commands:
+        prefix, args = veco2_argv(argv)
+        if args[:1] == [subcommand]:
+            jobs.append((prefix, args))
+    return jobs
+
+
+def scale_config(scale: str) -> dict:
+    return yaml.safe_load((REPO / "config" / f"{scale}.yaml").read_text())
+
+
+# The values each scale's preset declares (config/pretrain/SCALE.yaml), and the demo's cut.
+EXPECTED_PRETRAIN = {
+    "demo": {"max_steps": 60, "batch_size": 32, "heldout_pairs": 200, "size": "tiny"},
+    "small": {"max_steps": 20000, "batch_size": 128, "size": "small"},
+    "base": {"max_steps": 100000, "batch_size": 64, "grad_accum": 8, "size": "base", "init_from": "xlm-roberta-base"},
+    "large": {"max_steps": 100000, "batch_size": 32, "grad_accum": 16, "size": "large",
+              "init_from": "xlm-roberta-large"},
+}
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_pretrain_jobs_run_their_scale_preset_and_nothing_else(scale, tmp_path):
+    jobs = pretrain_jobs(planned_commands(tmp_path, "--configfile", str(REPO / "config" / f"{scale}.yaml")))
+    assert sorted(jobs) == VARIANTS
+    preset = REPO / scale_config(scale)["pretrain"]["preset"]
+    scale_overrides = scale_config(scale)["pretrain"]["overrides"]
+    for variant, (prefix, configs, overrides) in jobs.items():
+        assert [Path(c).resolve() for c in configs] == [preset.resolve(), (REPO / "ablations" / f"{variant}.yaml").resolve()]
+        given = dict(item.split("=", 1) for item in overrides)
+        # Only where the workflow puts the shared data and the checkpoints, plus the scale's own overrides.
+        bookkeeping = {"data.shard_dir", "training.checkpoint_dir", "data.tokenizer"}
+        assert set(given) - bookkeeping == set(scale_overrides), (variant, given)
+        for key, value in scale_overrides.items():
+            assert yaml.safe_load(given[key]) == value
+        cfg = load_config(*configs, overrides=overrides)
+        expected = EXPECTED_PRETRAIN[scale]
+        assert cfg.training.max_steps == expected["max_steps"]
+        assert cfg.training.batch_size == expected["batch_size"]
+        assert cfg.training.grad_accum == expected.get("grad_accum", 1)
+        assert cfg.model.size == expected["size"]
+        assert cfg.model.init_from == expected.get("init_from")
+        if "heldout_pairs" in expected:
+            assert cfg.evaluation.heldout_pairs == expected["heldout_pairs"]
+        assert "training.max_steps=60" not in overrides or scale == "demo"
+        assert prefix[-1] == "--" and "accelerate" not in prefix  # default profile: one GPU per job
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, tmp_path):
+    jobs = finetune_jobs(planned_commands(tmp_path, "--configfile", str(REPO / "config" / f"{scale}.yaml")))
+    config = scale_config(scale)
+    models = VARIANTS + [m.split("/")[-1] for m in config["baselines"]]
+    tasks = [t for t in config["tasks"] if get_task(t).family != "retrieval"]
+    seeds = config["seeds"]
+    assert len(jobs) == len(models) * sum(len(seeds[get_task(t).family]) for t in tasks)
+    seen = set()
+    for _prefix, args in jobs:
+        task = get_task(option_values(args, "--task")[0])
+        overrides = parse_overrides(option_values(args, "--set"))
+        max_steps = option_values(args, "--max-steps")
+        if max_steps:
+            overrides["max_steps"] = int(max_steps[0])
+        hp = resolve_hyperparameters(task, overrides)
+        official = task.hyperparameters
+        if scale == "demo":
+            assert (hp["max_steps"], hp["max_train_examples"], hp["batch_size"]) == (20, 320, 16)
+        else:
+            assert not max_steps and hp["max_steps"] is None and hp["max_train_examples"] is None
+            assert hp["num_train_epochs"] == official["num_train_epochs"]
+            assert hp["batch_size"] == official["batch_size"] == 32
+            assert hp["max_seq_length"] == official["max_seq_length"]
+            lr = 3e-5 if (scale == "large" and task.name == "xnli") else official["learning_rate"]
+            assert hp["learning_rate"] == pytest.approx(lr)
+            assert hp["mixed_precision"] == "bf16"
+        model = option_values(args, "--model")[0]
+        seen.add(model)
+    expected_models = {f"results/{scale}/pretrain/{v}/model" for v in VARIANTS} | set(config["baselines"])
+    assert seen == expected_models
+
+
+def test_baselines_are_fine_tuned_and_scored_by_name_without_pretraining(tmp_path):
+    commands = planned_commands(tmp_path, "--configfile", str(REPO / "config" / "base.yaml"))
+    assert sorted(pretrain_jobs(commands)) == VARIANTS  # no pre-training job for the baseline
+    finetunes = [args for _, args in finetune_jobs(commands) if option_values(args, "--model") == ["xlm-roberta-base"]]
+    assert {option_values(a, "--task")[0] for a in finetunes} == {"xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa"}
+    assert all(option_values(a, "--out") == ["results/base/xtreme/xlm-roberta-base"] for a in finetunes)
+    retrieval = [args for _, args in finetune_jobs(commands, "evaluate")
+                 if option_values(args, "--model") == ["xlm-roberta-base"]]
+    assert sorted(option_values(a, "--task")[0] for a in retrieval) == ["bucc2018", "tatoeba"]
+
+
+def test_a_baseline_name_that_clashes_with_a_variant_is_refused(tmp_path):
+    config = scale_config("base")
+    config["baselines"] = [{"model": "org/some-model", "name": "mlm"}]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(path), check=False)
+    assert proc.returncode != 0 and "baselines: the name 'mlm'" in proc.stdout + proc.stderr
+
+
+def test_several_gpus_launch_accelerate_with_one_process_each(tmp_path):
+    commands = planned_commands(tmp_path, "--configfile", str(REPO / "config" / "base.yaml"),
+                                "--set-resources", "pretrain:gpu=4", "finetune:gpu=2")
+    for prefix, _configs, _overrides in pretrain_jobs(commands).values():
+        assert prefix[:5] == ["python", "-m", "veco2.devices", "--count", "4"]
+        launch = prefix[prefix.index("--") + 1:]
+        assert launch[:2] == ["accelerate", "launch"]
+        assert option_values(launch, "--num_processes") == ["4"] and "--multi_gpu" in launch
+    for prefix, _ in finetune_jobs(commands):
+        assert prefix[:5] == ["python", "-m", "veco2.devices", "--count", "2"]
+        assert option_values(prefix, "--num_processes") == ["2"]
+    for prefix, _ in finetune_jobs(commands, "evaluate"):  # the profile still gives retrieval one GPU
+        assert prefix == ["python", "-m", "veco2.devices", "--count", "1", "--"]
+
+
+def test_slurm_profile_requests_the_gpus_the_jobs_launch_on(tmp_path):
+    from test_workflow import HAS_SLURM_PLUGIN
+
+    args = ["--configfile", str(REPO / "config" / "large.yaml"), "--workflow-profile", str(REPO / "profiles" / "slurm")]
+    if not HAS_SLURM_PLUGIN:
+        args += ["--executor", "local"]  # plan with the profile's resources, without the plugin
+    proc = snakemake("-n", "-p", "--directory", str(tmp_path), *args)
+    pretrain_block = proc.stdout.split("rule pretrain:", 1)[1].split("\n\n", 1)[0]
+    assert "gres=gpu:4" in pretrain_block
+    commands = planned_commands(tmp_path, *args)
+    for prefix, _configs, _overrides in pretrain_jobs(commands).values():
+        assert option_values(prefix, "--num_processes") == ["4"] and option_values(prefix, "--count") == ["4"]
+    for prefix, _ in finetune_jobs(commands):
+        assert prefix == ["python", "-m", "veco2.devices", "--count", "1", "--"]
+
+
+@pytest.mark.parametrize("scale", ["demo", "small"])
+def test_each_scale_sweeps_its_own_study(scale, tmp_path):
+    config = scale_config(scale)
+    (study, spec), = config["sweep"]["studies"].items()
+    commands = planned_commands(tmp_path, "sweep_all", "--configfile", str(REPO / "config" / f"{scale}.yaml"))
+    workers = [veco2_argv(argv)[1] for argv in commands if "--worker" in argv]
+    assert len(workers) == spec["workers"]
+    assert sum(int(option_values(w, "--trials")[0]) for w in workers) == spec["trials"]
+    for args in workers:
+        assert Path(option_values(args, "--config")[0]).resolve() == (REPO / spec["config"]).resolve()
+        assert option_values(args, "--out") == [f"results/{scale}/sweeps/{study}"]
