@@ -147,6 +147,23 @@ def tree_copy(tmp_path):
     return Path(shutil.copytree(MOCK, tmp_path / "results"))
 
 
+def test_tatoeba_task_score_uses_the_xtreme_direction_only():
+    # "accuracy" (English queries, XTREME) enters the score; "accuracy_xx_to_en" is averaged beside it.
+    per_language = {"de": {"accuracy": 50.0, "accuracy_xx_to_en": 100.0},
+                    "fr": {"accuracy": 70.0, "accuracy_xx_to_en": 90.0}}
+    result = task_score(per_language, "tatoeba", languages=["de", "fr"])
+    assert result == {"accuracy": 60.0, "accuracy_xx_to_en": 95.0, "score": 60.0}
+    with pytest.raises(Veco2Error, match="tatoeba: language fr has no accuracy score"):
+        task_score({"de": per_language["de"], "fr": {"accuracy_xx_to_en": 90.0}}, "tatoeba", languages=["de", "fr"])
+
+
+def test_aggregate_docstring_cites_public_sources_only():
+    import veco2.xtreme.aggregate as aggregate
+
+    assert "SPEC" not in Path(aggregate.__file__).read_text(encoding="utf-8")
+    assert "arXiv 2003.11080" in aggregate.__doc__
+
+
 def test_corrupt_json_names_the_file(tree_copy):
     bad = tree_copy / "veco2" / "panx" / "seed1" / "results.json"
     bad.write_text('{"task": "panx", "scores": {', encoding="utf-8")

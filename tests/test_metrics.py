@@ -180,6 +180,17 @@ def test_qa_input_errors():
         squad_f1_em({"q": "x"}, {"q": "x"})
 
 
+def test_squad_empty_dataset_raises_one_line_error_and_says_so():
+    # The official evaluate-v1.1.py divides by the question count (ZeroDivisionError); veco2 raises
+    # a one-line Veco2Error, and the docstring documents it.
+    for predictions in ({}, {"q": "Paris"}):
+        with pytest.raises(Veco2Error) as err:
+            squad_f1_em(predictions, {})
+        assert str(err.value) == "squad_f1_em: no reference questions to score"
+    doc = squad_f1_em.__doc__
+    assert "Raises:" in doc and "no reference questions to score" in doc and "ZeroDivisionError" in doc
+
+
 # --- MLQA ---------------------------------------------------------------------------------------
 
 
@@ -225,6 +236,18 @@ def test_mlqa_unknown_language():
         mlqa_normalize("x", "fr")
     with pytest.raises(Veco2Error, match="'fr' unknown"):
         mlqa_f1_em({"q": "x"}, {"q": ["x"]}, "fr")
+
+
+def test_mlqa_unknown_language_raises_before_scoring_and_says_so():
+    # The official mlqa_evaluation_v1.py only fails once it normalises an answer, so a run without
+    # predictions would pass; veco2 checks the language first, with a one-line Veco2Error.
+    with pytest.raises(Veco2Error) as err:
+        mlqa_f1_em({}, {"q": ["x"]}, "fr")
+    assert str(err.value) == "mlqa_f1_em: language 'fr' unknown to the MLQA scorer; known: en es de ar hi vi zh"
+    with pytest.raises(Veco2Error, match="mlqa_f1_em\\[en\\]: no reference questions to score"):
+        mlqa_f1_em({}, {}, "en")
+    doc = mlqa_f1_em.__doc__
+    assert "Raises:" in doc and "unknown to the MLQA scorer" in doc and "before anything" in doc
 
 
 # --- registry -----------------------------------------------------------------------------------

@@ -75,7 +75,10 @@ def test_main_table_golden(tree):
     assert shown["Seeds"] == "3"
     assert list(disp.columns[3:]) == ["XNLI", "PAWS-X", "POS", "NER", "XQuAD (F1/EM)", "MLQA (F1/EM)",
                                       "TyDiQA (F1/EM)", "BUCC", "Tatoeba", "Classification", "Structured", "QA",
-                                      "Retrieval", "Avg"]
+                                      "Retrieval", "Avg", "Avg Δ mlm"]
+    # The XTREME score's delta against mlm (OFFSET of generate.py), n/a on mlm itself.
+    assert _row(num, "model", "mlm_seq_tok")["Avg Δ mlm"] == pytest.approx(3.0)
+    assert _row(disp, "Model", "mlm_tok")["Avg Δ mlm"] == "+1.5" and shown["Avg Δ mlm"] == "n/a"
 
     # Reference rows: visibly labelled, with their source, and outside our numbers.
     mbert = _row(disp, "Model", "mBERT (reported)")
@@ -115,7 +118,10 @@ def test_significance_rule():
 def test_per_language_tables(tree):
     xnli = per_language_table(tree, "xnli")
     mlm = _row(xnli.numeric, "variant", "mlm")
-    assert list(xnli.numeric.columns) == ["variant", "en", "de", "es", "mean (non-en)", "gap (en − rest)"]
+    assert list(xnli.numeric.columns) == ["variant", "en", "de", "es", "mean (non-en)", "gap (en − rest)",
+                                          "mean (non-en) Δ mlm"]
+    assert _row(xnli.numeric, "variant", "mlm_seq")["mean (non-en) Δ mlm"] == pytest.approx(2.0)
+    assert _row(xnli.display, "Model", "mlm")["mean (non-en) Δ mlm"] == "n/a"
     assert (mlm["en"], mlm["de"], mlm["es"]) == pytest.approx((76.0, 68.0, 66.0))
     assert mlm["mean (non-en)"] == pytest.approx(67.0) and mlm["gap (en − rest)"] == pytest.approx(9.0)
     assert _row(xnli.display, "Model", "mlm_tok")["gap (en − rest)"] == "+9.0"
@@ -371,3 +377,53 @@ def test_report_in_headless_chromium(full_report, tmp_path):
     _chromium(leaky.as_uri(), tmp_path, f"--screenshot={tmp_path / 'leaky.png'}",
               f"--log-net-log={tmp_path / 'leaky.json'}")
     assert "http://example.invalid/x.png" in page_requests(tmp_path / "leaky.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines: models scored without pre-training here (the workflow's `baselines:`)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tree_with_baseline(tmp_path_factory):
+    """The golden tree plus a baseline ``xlmr``: mlm's XTREME results with every score 4 lower,
+    and no pretrain/ directory (as the workflow writes a hub model's results)."""
+    root = tmp_path_factory.mktemp("with_baseline") / "results"
+    shutil.copytree(TREE, root)
+    shutil.copytree(root / "xtreme" / "mlm", root / "xtreme" / "xlmr")
+    for path in (root / "xtreme" / "xlmr").glob("*/seed*/results.json"):
+        doc = json.loads(path.read_text())
+        doc["scores"] = {lang: {metric: value - 4.0 for metric, value in metrics.items()}
+                         for lang, metrics in doc["scores"].items()}
+        path.write_text(json.dumps(doc))
+    return load_results(root)
+
+
+def test_a_model_without_pretraining_is_a_baseline_row_in_every_table(tree_with_baseline):
+    tree = tree_with_baseline
+    assert tree.variants == ["mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok", "xlmr"] and tree.baselines == ["xlmr"]
+    assert not [gap for gap in tree.missing if "xlmr" in gap]  # no pre-training outputs are expected of it
+
+    main = main_table(tree, references=False)
+    xlmr, seq = _row(main.numeric, "model", "xlmr"), _row(main.numeric, "model", "mlm_seq")
+    assert xlmr["source"] == "this suite: baseline (not pre-trained here)"
+    assert xlmr["XNLI"] == pytest.approx(66.0) and xlmr["Avg"] == pytest.approx(54.0)  # mlm's 58 - 4
+    assert seq["Avg Δ mlm"] == pytest.approx(2.0) and seq["Avg Δ xlmr"] == pytest.approx(6.0)
+    assert xlmr["Avg Δ mlm"] == pytest.approx(-4.0)
+    assert _row(main.display, "Model", "xlmr")["Avg Δ xlmr"] == "n/a"
+
+    ablation = ablation_table(tree)
+    assert list(ablation.numeric["variant"]) == tree.variants
+    row = _row(ablation.numeric, "variant", "mlm_seq")
+    assert row["XNLI Δ"] == pytest.approx(2.0) and row["XNLI Δ xlmr"] == pytest.approx(6.0)
+    assert row["XNLI significant xlmr"] is True  # 6 >= max(1, 1)
+    assert _row(ablation.display, "Variant", "mlm_seq")["XNLI"] == "72.0 ± 1.0 (+2.0; +6.0)"
+    assert _row(ablation.display, "Variant", "mlm")["XNLI"] == "70.0 ± 1.0 (+4.0)"  # only against xlmr
+    assert _row(ablation.display, "Variant", "xlmr")["XNLI"] == "66.0 ± 1.0 (-4.0)"
+    assert "Δ against mlm and xlmr" in ablation.title
+
+    xnli = per_language_table(tree, "xnli")
+    assert _row(xnli.numeric, "variant", "mlm_tok")["mean (non-en) Δ xlmr"] == pytest.approx(5.5)  # 1.5 + 4
+
+    cost = cost_table(tree)
+    assert list(cost.numeric["variant"]) == ["mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok"]  # not pre-trained here

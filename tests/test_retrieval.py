@@ -8,12 +8,20 @@ from veco2.xtreme.retrieval import (
     bucc_evaluate,
     bucc_f1,
     bucc_threshold_search,
+    distinct_pairs,
     knn,
     l2_normalize,
     margin_scores,
     mine,
     tatoeba_accuracy,
+    tatoeba_evaluate,
 )
+
+
+def at_angles(*degrees):
+    """Unit vectors in the plane: cos(a, b) = cos(angle difference), so nearest = closest angle."""
+    radians = np.deg2rad(degrees)
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1)
 
 
 def brute_force_knn(queries, keys, k):
@@ -93,6 +101,47 @@ def test_tatoeba_accuracy_hand_vectors():
     assert tatoeba_accuracy([[1.0, 0.0]], [[2.0, 0.0], [1.0, 0.0]], gold=[0]) == 100.0
 
 
+def test_tatoeba_scores_xtreme_direction_with_the_reverse_beside_it():
+    # XTREME indexes the non-English side and queries it with English (evaluate_retrieval.py:
+    # similarity_search(x=xx, y=en) -> idx.add(x), idx.search(y)).
+    xx = at_angles(0, 40, 90)
+    en = at_angles(30, 45, 80)
+    # en -> xx: e0 (30deg) is 10deg from x1, 30 from x0 -> x1 (wrong); e1 (45) -> x1 (5deg) right;
+    #           e2 (80) -> x2 (10deg) right: 2 of 3.
+    # xx -> en: x0 (0) -> e0 (30deg) right; x1 (40) -> e1 (5deg) right; x2 (90) -> e2 (10deg) right: 3 of 3.
+    result = tatoeba_evaluate(xx, en)
+    assert result["accuracy"] == pytest.approx(200 / 3)
+    assert result["accuracy_xx_to_en"] == 100.0
+    assert result["predictions"].tolist() == [1, 1, 2]  # per English line: the non-English line retrieved
+    assert result["accuracy"] == tatoeba_accuracy(en, xx) and result["accuracy_xx_to_en"] == tatoeba_accuracy(xx, en)
+    with pytest.raises(Veco2Error, match="2 non-English but 3 English sentences; the test files must be line-aligned"):
+        tatoeba_evaluate(xx[:2], en)
+
+
+def test_evaluate_tatoeba_writes_xtreme_direction_and_its_predictions(tiny_pretrained_dir, tmp_path, monkeypatch):
+    """run_evaluate end to end with the encoder replaced by hand-placed sentence vectors."""
+    from test_xtreme_data import DE, EN, FR, write_tiny_layout
+
+    from veco2.xtreme import evaluate
+
+    # xx: x0 0deg, x1 90deg; en: e0 60deg, e1 80deg.
+    # en -> xx: e0 -> x1 (30deg, wrong), e1 -> x1 (10deg, right): 50 %, predictions 1, 1.
+    # xx -> en: x0 -> e0 (60deg vs 80), x1 -> e1 (10deg vs 30): 100 %.
+    place = dict(zip([*DE, *FR, *EN], at_angles(0, 90, 0, 90, 60, 80)))
+
+    def fake_encode(sentences, model, tokenizer, *, layers, **kwargs):
+        return {layer: np.stack([place[s] for s in sentences]).astype(np.float32) for layer in layers}
+
+    monkeypatch.setattr(evaluate, "encode", fake_encode)
+    root = write_tiny_layout(tmp_path / "xtreme")
+    out = tmp_path / "out"
+    record = evaluate.run_evaluate("tatoeba", tiny_pretrained_dir, out, data_root=root, languages=["de", "fr"])
+    assert record["scores"] == {lang: {"accuracy": 50.0, "accuracy_xx_to_en": 100.0} for lang in ("de", "fr")}
+    assert record["task_score"] == 50.0  # the headline direction only
+    predictions = out / "tatoeba" / "seed0" / "predictions" / "tatoeba" / "test-de.tsv"
+    assert predictions.read_text() == "1\n1\n"
+
+
 # --- BUCC: margin scores and mining --------------------------------------------------------------
 
 
@@ -158,6 +207,31 @@ def test_bucc_best_cut_at_lowest_candidate():
     threshold = bucc_threshold_search(cands, [("x", "y"), ("u", "v")])
     assert threshold == 0.5
     assert bucc_f1(cands, [("x", "y"), ("u", "v")], threshold)["f1"] == 100.0
+
+
+def test_distinct_pairs_keeps_each_pair_once_with_its_highest_score():
+    cands = [("a", "x", 0.3), ("b", "y", 0.5), ("a", "x", 0.7), ("b", "y", 0.1)]
+    assert distinct_pairs(cands) == [("a", "x", 0.7), ("b", "y", 0.5)]
+
+
+def test_bucc_threshold_search_counts_a_repeated_pair_once():
+    # (c, z) is wrong and listed twice.  Counted twice (old): cuts .9 -> F1 2/3, .8 -> 1/2,
+    # .7 -> P 1/3 R 1/2 -> .4, .6 -> P 2/4 R 1 -> 2/3; the first maximum .9 gives (.9+.8)/2 = .85.
+    # Once, with its maximum .8 (official read_candidate2score): .9 -> 2/3, .8 -> 1/2,
+    # .6 -> P 2/3 R 1 -> .8 (best), the lowest score: threshold .6.
+    cands = [("a", "x", 0.9), ("c", "z", 0.8), ("c", "z", 0.7), ("b", "y", 0.6)]
+    gold = [("a", "x"), ("b", "y")]
+    threshold = bucc_threshold_search(cands, gold)
+    assert threshold == 0.6
+    assert bucc_f1(cands, gold, threshold) == pytest.approx(
+        {"precision": 200 / 3, "recall": 100.0, "f1": 80.0, "threshold": 0.6}
+    )
+
+
+def test_mine_returns_a_repeated_id_pair_once():
+    # Two rows share each id: both one-to-one pairs (row0, row0) and (row1, row1) are ("s", "t"), score 1.
+    same = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert mine(same, same, k=1, src_ids=["s", "s"], tgt_ids=["t", "t"]) == [("s", "t", 1.0)]
 
 
 def test_bucc_no_correct_candidate_and_errors():

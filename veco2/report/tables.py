@@ -10,13 +10,22 @@ Each table is a :class:`Table` holding two frames with the same rows and columns
 
 Tables:
 
-- :func:`main_table` -- one row per model variant, the XTREME columns in the paper's order
+- :func:`main_table` -- one row per model (pre-trained variants, then the baselines fine-tuned
+  without pre-training here), the XTREME columns in the paper's order
   (QA as F1/EM), the four category scores and the average; published reference rows
-  (SPEC section 2) below, labelled "reported" with their source and never averaged with ours.
+  (``reference_rows.yaml``: mBERT and XLM-R large from Hu et al. 2020, arXiv 2003.11080; XLM-R base
+  and InfoXLM base/large as tabulated by ERNIE-M, Ouyang et al. 2021, arXiv 2012.15674; VECO large
+  from the AliceMind README, Luo et al. 2021, arXiv 2010.16046) below, labelled "reported" with
+  their source and never averaged with ours.
 - :func:`per_language_table` -- one per task: languages as columns, English, the mean of the
   other languages and the cross-lingual transfer gap (English minus that mean).
-- :func:`ablation_table` -- mlm, mlm_seq, mlm_tok, mlm_seq_tok: tasks and the average with the
-  Δ against mlm; "n.s." where |Δ| is smaller than the seed std (see :func:`significance`).
+- :func:`ablation_table` -- every variant and baseline: tasks and the average with the Δ against
+  mlm and against each baseline (the starting model); "n.s." where |Δ| is smaller than the seed
+  std (see :func:`significance`).
+
+Every XTREME table shows Δ against :data:`~veco2.report.load.REFERENCE_VARIANT` (mlm) and against
+each baseline of the tree (:func:`delta_references`); the cost table is about pre-training, which
+the baselines did not do here.
 - :func:`cost_table` -- pre-training throughput, relative cost, peak memory and wall time.
 """
 
@@ -30,10 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from veco2.config import read_yaml
+from veco2.errors import ConfigError
 from veco2.fileio import write_text
 from veco2.xtreme.aggregate import CATEGORIES, QA_TASKS, RETRIEVAL_TASKS, TASKS
 
-from .load import ABLATION_VARIANTS, BASELINE, ResultsTree
+from .load import REFERENCE_VARIANT, ResultsTree
 
 MISSING = "—"  # a value that should exist but does not (a gap in the results tree)
 NOT_REPORTED = "n/r"  # a published reference row that does not report this column
@@ -45,17 +56,58 @@ CATEGORY_LABELS = {"classification": "Classification", "structured_prediction": 
                    "question_answering": "QA", "retrieval": "Retrieval"}  # fmt: skip
 AVERAGE = "Avg"
 
-# Published zero-shot rows (SPEC section 2).  QA cells are (F1, EM).  None = not reported.
-REFERENCE_ROWS: tuple[dict, ...] = (
-    {"model": "mBERT", "source": "reported: Hu et al. 2020 (XTREME paper)",
-     "xnli": 65.4, "pawsx": 81.9, "udpos": 70.3, "panx": 62.2, "xquad": (64.5, 49.4), "mlqa": (61.4, 44.2),
-     "tydiqa": (59.7, 43.9), "bucc2018": 56.7, "tatoeba": 38.7, AVERAGE: 59.6},
-    {"model": "XLM-R large", "source": "reported: Hu et al. 2020 (XTREME paper)",
-     "xnli": 79.2, "pawsx": 86.4, "udpos": 72.6, "panx": 65.4, "xquad": (76.6, 60.8), "mlqa": (71.6, 53.2),
-     "tydiqa": (65.1, 45.0), "bucc2018": 66.0, "tatoeba": 57.3, AVERAGE: 68.2},
-    {"model": "VECO large", "source": "reported: AliceMind README (VECO 1.0)",
-     "xnli": 79.9, "xquad": (77.5, 61.9), "tatoeba": 75.1},
-)
+REFERENCE_ROWS_FILE = Path(__file__).with_name("reference_rows.yaml")
+_REFERENCE_KEYS = {**{task: task for task in TASKS}, "avg": AVERAGE}
+REPORTED = "reported"  # prefix of a reference row's source, and its row kind
+
+
+def load_reference_rows(path: str | Path = REFERENCE_ROWS_FILE) -> tuple[dict, ...]:
+    """Published rows for the main table, from ``path`` (default :data:`REFERENCE_ROWS_FILE`).
+
+    Every row needs a ``model`` and a ``source`` (paper or repository, table, arXiv id); its
+    ``scores`` are percentages in [0, 100] keyed by XTREME task (QA tasks: ``[F1, EM]``) and
+    ``avg``.  Returns dicts ``{"model", "source": "reported: <source>", task: value, "Avg": value}``
+    with absent tasks left out.
+
+    Raises:
+        ConfigError: one line naming the file, the row and the problem.
+    """
+    data = read_yaml(path)
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(f"{path}: expected a non-empty list under 'rows'")
+    out = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{path}: row {number}"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: expected a mapping with model, source and scores")
+        model, source, scores = row.get("model"), row.get("source"), row.get("scores")
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"{where}: 'model' must be a non-empty string")
+        where = f"{path}: row {number} ({model})"
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"{where}: no 'source'; a published number needs its paper, table and arXiv id")
+        if not isinstance(scores, dict) or not scores:
+            raise ConfigError(f"{where}: 'scores' must map tasks to published values")
+        unknown = sorted(set(scores) - set(_REFERENCE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown score key(s) {' '.join(map(str, unknown))}; "
+                              f"known: {' '.join(_REFERENCE_KEYS)}")
+        ref = {"model": model, "source": f"{REPORTED}: {' '.join(source.split())}"}
+        for key, value in scores.items():
+            qa = key in QA_TASKS
+            values = value if qa and isinstance(value, list) else [value]
+            if (qa and len(values) != 2) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100 for v in values):
+                shape = "[F1, EM], two numbers in 0..100" if qa else "a number in 0..100"
+                raise ConfigError(f"{where}: {key} = {value!r}; expected {shape}")
+            ref[_REFERENCE_KEYS[key]] = tuple(float(v) for v in values) if qa else float(value)
+        out.append(ref)
+    return tuple(out)
+
+
+# Published zero-shot rows.  QA cells are (F1, EM); an absent task = not reported by the source.
+REFERENCE_ROWS: tuple[dict, ...] = load_reference_rows()
 
 
 @dataclass
@@ -162,6 +214,24 @@ def _seed_label(counts: list[int]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Deltas against the references: the mlm variant and the baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def delta_references(tree: ResultsTree) -> list[str]:
+    """The rows every Δ is taken against: mlm (when the tree has it), then each baseline."""
+    return ([REFERENCE_VARIANT] if REFERENCE_VARIANT in tree.variants else []) + list(tree.baselines)
+
+
+def delta_label(reference: str) -> str:
+    return f"Δ {reference}"
+
+
+def _source(tree: ResultsTree, model: str) -> str:
+    return "this suite: baseline (not pre-trained here)" if model in tree.baselines else "this suite"
+
+
+# ---------------------------------------------------------------------------------------------
 # Main XTREME table
 # ---------------------------------------------------------------------------------------------
 
@@ -174,9 +244,10 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
     and ``Avg`` (the XTREME score: mean of the nine task scores), each with its std.
     """
     num_rows, disp_rows = [], []
+    references_for_delta = delta_references(tree)
     for variant in tree.variants:
-        num = {"model": variant, "source": "this suite", "seeds": None}
-        disp = {"Model": variant, "Source": "this suite"}
+        num = {"model": variant, "source": _source(tree, variant), "seeds": None}
+        disp = {"Model": variant, "Source": num["source"]}
         counts = []
         for task in TASKS:
             label = TASK_LABELS[task]
@@ -203,6 +274,11 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
         mean, std, _ = _stat(tree, variant, "xtreme", "xtreme")
         num[AVERAGE], num[f"{AVERAGE} std"] = mean, std
         disp[AVERAGE] = fmt_mean_std(mean, std, decimals)
+        for reference in references_for_delta:  # the XTREME score's Δ against each reference row
+            label = f"{AVERAGE} {delta_label(reference)}"
+            delta = mean - _stat(tree, reference, "xtreme", "xtreme")[0] if variant != reference else math.nan
+            num[label] = delta
+            disp[label] = NOT_APPLICABLE if variant == reference else fmt_number(delta, decimals, signed=True)
         num["seeds"] = _seed_label(counts)
         disp["Seeds"] = num["seeds"]
         num_rows.append(num)
@@ -211,7 +287,7 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
     if references:
         for ref in REFERENCE_ROWS:
             num = {"model": ref["model"], "source": ref["source"], "seeds": None}
-            disp = {"Model": f"{ref['model']} (reported)", "Source": ref["source"]}
+            disp = {"Model": f"{ref['model']} ({REPORTED})", "Source": ref["source"]}
             for task in TASKS:
                 label, value = TASK_LABELS[task], ref.get(task)
                 if task in QA_TASKS:
@@ -223,11 +299,14 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
                 else:
                     num[label], num[f"{label} std"] = (math.nan if value is None else value), math.nan
                     disp[label] = fmt_number(value, decimals, missing=NOT_REPORTED)
-            for category in CATEGORIES:  # the reference rows do not report category scores in SPEC
+            for category in CATEGORIES:  # the sources print no category scores
                 num[CATEGORY_LABELS[category]] = num[f"{CATEGORY_LABELS[category]} std"] = math.nan
                 disp[CATEGORY_LABELS[category]] = NOT_REPORTED
             num[AVERAGE], num[f"{AVERAGE} std"] = ref.get(AVERAGE, math.nan), math.nan
             disp[AVERAGE] = fmt_number(ref.get(AVERAGE), decimals, missing=NOT_REPORTED)
+            for reference in references_for_delta:  # never a delta between published and our numbers
+                num[f"{AVERAGE} {delta_label(reference)}"] = math.nan
+                disp[f"{AVERAGE} {delta_label(reference)}"] = NOT_APPLICABLE
             disp["Seeds"] = NOT_REPORTED
             num_rows.append(num)
             disp_rows.append(disp)
@@ -242,9 +321,14 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
         "(QA task score = (F1 + EM) / 2); categories = mean of their tasks.",
         f"{MISSING} = missing from the results tree (see missing.txt); {NOT_REPORTED} = not reported by the source. "
         "Rows marked (reported) are published numbers, copied for reference and never included in any of "
-        "our averages or deltas.",
+        "our averages or deltas; their Source cell names the paper (arXiv id) and table they come from.",
     ]
-    kinds = [""] * len(tree.variants) + ["reported"] * (len(disp_rows) - len(tree.variants))
+    if references_for_delta:
+        notes.append(f"{' / '.join(f'{AVERAGE} {delta_label(r)}' for r in references_for_delta)}: the row's "
+                     f"XTREME score minus that of {' / '.join(references_for_delta)}"
+                     + (" (baseline: fine-tuned and scored here from the published checkpoint, not pre-trained "
+                        "here; the starting model of the continued pre-training)." if tree.baselines else "."))
+    kinds = [""] * len(tree.variants) + [REPORTED] * (len(disp_rows) - len(tree.variants))
     return Table("main", "XTREME zero-shot cross-lingual transfer results", numeric, display, notes, kinds)
 
 
@@ -282,6 +366,12 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
     # A row with a missing language has no mean: never a silently shorter average.
     numeric[OTHERS] = numeric[others].mean(axis=1, skipna=False) if others else math.nan
     numeric[GAP] = numeric[ENGLISH] - numeric[OTHERS] if has_english else math.nan
+    references = delta_references(tree)
+    for reference in references:  # the cross-lingual (non-English) mean against each reference row
+        column = f"{OTHERS} {delta_label(reference)}"
+        base = numeric.loc[reference, OTHERS] if reference in numeric.index else math.nan
+        numeric[column] = [value - base if variant != reference else math.nan
+                           for variant, value in zip(numeric.index, numeric[OTHERS])]
     numeric.insert(0, "variant", numeric.index)
     numeric = numeric.reset_index(drop=True)
 
@@ -290,6 +380,10 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
         if col == GAP:
             display[col] = [fmt_number(v, decimals, signed=True) if has_english else NOT_APPLICABLE
                             for v in numeric[col]]
+        elif col.startswith(f"{OTHERS} Δ "):
+            reference = col.removeprefix(f"{OTHERS} Δ ")
+            display[col] = [NOT_APPLICABLE if variant == reference else fmt_number(v, decimals, signed=True)
+                            for variant, v in zip(numeric["variant"], numeric[col])]
         else:
             display[col] = [fmt_number(v, decimals) for v in numeric[col]]
     display = display.rename(columns={"variant": "Model"})
@@ -297,6 +391,8 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
                                                         "tatoeba": "accuracy"}.get(task, "F1")
     notes = [f"{TASK_LABELS[task]} per language: {metric}, mean over seeds. {GAP} = English minus the mean of the "
              f"other languages (the cross-lingual transfer gap). {MISSING} = missing."]
+    if references:
+        notes.append(f"{OTHERS} Δ X = the row's mean over the non-English languages minus that of X.")
     if task in RETRIEVAL_TASKS:
         notes.append(f"{TASK_LABELS[task]} pairs every language with English: there is no English column and "
                      f"no transfer gap ({NOT_APPLICABLE}).")
@@ -324,36 +420,49 @@ def significance(delta: float, std_variant: float, std_baseline: float) -> bool 
     return abs(delta) >= max(stds)
 
 
-def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=ABLATION_VARIANTS,
-                   baseline: str = BASELINE) -> Table:
-    """Rows = the ablation variants, columns = the nine tasks and Avg: "mean ± std (Δ)".
+def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, baseline: str = REFERENCE_VARIANT) -> Table:
+    """Rows = every model of the tree (default ``tree.variants``: the pre-trained variants, then the
+    baselines), columns = the nine tasks and Avg: "mean ± std (Δ)".
 
-    Δ = variant mean − mlm mean (full precision); the mark after Δ is "n.s." when
-    :func:`significance` is False and "?" when it cannot be assessed (single run).
-    Numeric columns per task: ``{Label}``, ``{Label} std``, ``{Label} Δ``, ``{Label} significant``.
+    Δ = row mean − reference mean (full precision), against ``baseline`` (mlm) and then against
+    each baseline of the tree (the starting model), separated by ";" in the cell; the mark after a
+    Δ is "n.s." when :func:`significance` is False and "?" when it cannot be assessed (single run).
+    Numeric columns per task: ``{Label}``, ``{Label} std``, ``{Label} Δ``, ``{Label} significant``
+    (against ``baseline``) and ``{Label} Δ B``, ``{Label} significant B`` for each baseline ``B``.
     """
+    variants = list(tree.variants if variants is None else variants)
+    references = [baseline] + [b for b in tree.baselines if b != baseline]
     columns = [(task, "task", task, TASK_LABELS[task]) for task in TASKS] + [(None, "xtreme", "xtreme", AVERAGE)]
     num_rows, disp_rows = [], []
     for variant in variants:
         num, disp = {"variant": variant}, {"Variant": variant}
         for _, level, name, label in columns:
             mean, std, _ = _stat(tree, variant, level, name)
-            base_mean, base_std, _ = _stat(tree, baseline, level, name)
-            delta = mean - base_mean
-            sig = significance(delta, std, base_std) if variant != baseline else None
-            num.update({label: mean, f"{label} std": std, f"{label} Δ": delta if variant != baseline else math.nan,
-                        f"{label} significant": sig})
+            num.update({label: mean, f"{label} std": std})
+            marks = []
+            for reference in references:
+                suffix = "" if reference == baseline else f" {reference}"
+                base_mean, base_std, _ = _stat(tree, reference, level, name)
+                delta = mean - base_mean if variant != reference else math.nan
+                sig = significance(delta, std, base_std) if variant != reference else None
+                num.update({f"{label} Δ{suffix}": delta, f"{label} significant{suffix}": sig})
+                if variant != reference:
+                    mark = "" if sig else (" n.s." if sig is False else " ?")
+                    marks.append(f"{fmt_number(delta, decimals, signed=True)}{mark}")
             text = fmt_mean_std(mean, std, decimals)
-            if variant != baseline and text != MISSING:
-                mark = "" if sig else (" n.s." if sig is False else " ?")
-                text += f" ({fmt_number(delta, decimals, signed=True)}{mark})"
+            if text != MISSING and marks:
+                text += f" ({'; '.join(marks)})"
             disp[label] = text
         num_rows.append(num)
         disp_rows.append(disp)
-    notes = [f"mean ± std over seeds (Δ = variant − {baseline}). n.s.: |Δ| is smaller than the larger seed std of "
-             f"the two rows (not significant); ?: single run, no seed std to judge by (retrieval tasks). "
-             f"{MISSING} = missing."]
-    return Table("ablation", f"Ablation of the alignment objectives (Δ against {baseline})",
+    against = " and ".join(references)
+    notes = [f"mean ± std over seeds (Δ = row − {'; row − '.join(references)}). n.s.: |Δ| is smaller than the "
+             f"larger seed std of the two rows (not significant); ?: single run, no seed std to judge by "
+             f"(retrieval tasks). {MISSING} = missing."]
+    if tree.baselines:
+        notes.append(f"Baselines ({', '.join(tree.baselines)}): fine-tuned and scored here from their published "
+                     "checkpoints, without pre-training here; the starting model of the continued pre-training.")
+    return Table("ablation", f"Ablation of the alignment objectives (Δ against {against})",
                  pd.DataFrame(num_rows), pd.DataFrame(disp_rows), notes)
 
 
@@ -374,7 +483,7 @@ def _median_tokens_per_s(tree: ResultsTree, variant: str) -> float:
     return math.nan
 
 
-def cost_table(tree: ResultsTree, *, baseline: str = BASELINE) -> Table:
+def cost_table(tree: ResultsTree, *, baseline: str = REFERENCE_VARIANT) -> Table:
     """Pre-training cost per variant.
 
     Columns: steps, tokens, tokens/s (median over log windows), relative cost = baseline tokens/s
@@ -385,7 +494,7 @@ def cost_table(tree: ResultsTree, *, baseline: str = BASELINE) -> Table:
     bench = tree.benchmarks
     base_tps = _median_tokens_per_s(tree, baseline) if baseline in tree.variants else math.nan
     num_rows, disp_rows = [], []
-    for variant in tree.variants:
+    for variant in [v for v in tree.variants if v not in tree.baselines]:  # baselines: not pre-trained here
         summary = tree.pretrain.get(variant) or {}
         tps = _median_tokens_per_s(tree, variant)
         rows = bench[(bench["rule"] == "pretrain") & (bench["wildcards"] == variant)] if not bench.empty else bench

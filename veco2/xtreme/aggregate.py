@@ -3,7 +3,8 @@
 The official lists of tasks, categories and test languages live HERE and only here; the task
 registry imports :data:`OFFICIAL_LANGUAGES` rather than repeating them.
 
-Rules (Hu et al. 2020; SPEC section 2):
+Rules (Hu et al. 2020, XTREME, arXiv 2003.11080; the per-language scores are those of the
+official google-research/xtreme ``evaluate.py`` and ``third_party/`` scorers):
 
 - every metric is averaged over the task's languages on its own, unweighted;
 - task score = the mean of the task's headline metric; for QA tasks (mean F1 + mean EM) / 2;
@@ -65,7 +66,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "mlqa": ("f1", "exact_match"),
     "tydiqa": ("f1", "exact_match"),
     "bucc2018": ("f1",),
-    "tatoeba": ("accuracy",),
+    "tatoeba": ("accuracy",),  # English queries (XTREME); "accuracy_xx_to_en" is reported, not scored
 }
 
 OFFICIAL_LANGUAGES: dict[str, tuple[str, ...]] = {

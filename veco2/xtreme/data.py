@@ -15,7 +15,13 @@ Two sources, one output format:
         tatoeba/tatoeba.ISO3-eng.{ISO3,eng}          line-aligned sentences
 
 (b) the Hugging Face hub, ``datasets.load_dataset("google/xtreme", config)`` (and ``facebook/xnli``
-    ``en`` for the XNLI train split, which google/xtreme lacks).  Needs network; tests never run it.
+    ``en`` for the XNLI train split, which google/xtreme lacks).  Needs network -- or
+    ``$VECO2_HUB_MIRROR=DIR``, a local mirror of the hub datasets, for offline clusters and tests:
+    ``google/xtreme`` then resolves to ``DIR/google/xtreme``, a copy of the dataset repository as the
+    hub stores it (``README.md`` with the ``configs``/``dataset_info`` front matter and
+    ``CONFIG/SPLIT-00000-of-00001.parquet``), e.g. filled with
+    ``hf download google/xtreme --repo-type dataset --local-dir DIR/google/xtreme``.  The same
+    ``datasets.load_dataset`` call reads it, with only the path changed.
 
 The file names and hub configs come from the task YAML (:mod:`veco2.xtreme.registry`).  Examples are
 plain dicts:
@@ -353,89 +359,127 @@ def read_tatoeba(prefix: str | Path, code: str, *, task: TaskSpec | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Hub reader (network; same output format)
+# Hub reader (network, or a local mirror of the hub; same output format)
 # ---------------------------------------------------------------------------------------------
+
+HUB_MIRROR_ENV = "VECO2_HUB_MIRROR"
+
+
+def hub_mirror() -> Path | None:
+    """``$VECO2_HUB_MIRROR``: a local mirror of the hub datasets, for offline clusters and tests
+    (``DIR/google/xtreme``, ``DIR/facebook/xnli``: copies of the dataset repositories); None if unset."""
+    value = os.environ.get(HUB_MIRROR_ENV)
+    return Path(value) if value else None
+
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False") or \
         os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def load_hub_rows(task: TaskSpec, split: str, lang: str) -> tuple[list[dict], dict]:
-    """Raw rows of one split/language from the hub, filtered as the task file says, plus the
-    datasets features (for ClassLabel names).  Raises Veco2Error offline or on a hub failure."""
+def _one_line(err: Exception, limit: int = 400) -> str:
+    """``err`` as one line (datasets' messages span lines, e.g. the list of available configs)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def load_hub_rows(task: TaskSpec, split: str, lang: str) -> tuple[list[dict], Any]:
+    """Raw rows of one split/language from the hub (or ``$VECO2_HUB_MIRROR``), filtered as the task
+    file says, plus the datasets features (for ClassLabel names).  Raises a one-line Veco2Error
+    offline without a mirror, for a mirror without the dataset, or on any hub failure."""
     source = (task.hub or {}).get(split)
     if source is None:
         raise Veco2Error(f"{task.name}: no hub source for the {split} split")
     name = source.get("name")
     name = None if name is None else name.format(lang=lang, code=task.code(lang))
-    if _hub_offline():
-        raise Veco2Error(f"{task.name}: cannot read {source['path']} {name} from the hub while offline "
-                         f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set); fetch it once on a networked machine "
-                         f"with `veco2 prefetch --tasks {task.name} --out DIR` and pass --data-root DIR")
+    mirror = hub_mirror()
+    if mirror is not None:
+        repo_dir = mirror / source["path"]
+        if not repo_dir.is_dir():
+            raise Veco2Error(f"{task.name}: {repo_dir} does not exist: ${HUB_MIRROR_ENV}={mirror} has no copy of "
+                             f"{source['path']} (fill it with `hf download {source['path']} --repo-type dataset "
+                             f"--local-dir {repo_dir}` on a networked machine)")
+        location, where = str(repo_dir), f"the hub mirror {repo_dir}"
+    else:
+        if _hub_offline():
+            raise Veco2Error(f"{task.name}: cannot read {source['path']} {name} from the hub while offline "
+                             f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set); fetch it once on a networked machine "
+                             f"with `veco2 prefetch --tasks {task.name} --out DIR` and pass --data-root DIR, "
+                             f"or set ${HUB_MIRROR_ENV} to a local mirror of the hub datasets")
+        location, where = source["path"], "the hub"
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source["path"], name, split=source["split"])
+        dataset = datasets.load_dataset(location, name, split=source["split"])
     except Exception as err:  # network, missing config, changed hub layout: one clear line
-        raise Veco2Error(f"{task.name}: loading {source['path']} {name} split {source['split']} from the hub "
-                         f"failed ({type(err).__name__}: {err}); `veco2 prefetch --tasks {task.name} --out DIR` "
-                         f"on a networked machine, then --data-root DIR") from None
+        raise Veco2Error(f"{task.name}: loading {source['path']} {name} split {source['split']} from {where} "
+                         f"failed ({type(err).__name__}: {_one_line(err)}); `veco2 prefetch --tasks {task.name} "
+                         f"--out DIR` on a networked machine, then --data-root DIR") from None
     filt = source.get("filter") or {}
-    if "column" in filt:
-        dataset = dataset.filter(lambda row: row[filt["column"]] == lang)
-    if "id_prefix" in filt:
+    if "column" in filt:  # XNLI: all languages in one config, told apart by a column
+        dataset = dataset.filter(lambda value: value == lang, input_columns=filt["column"])
+    if "id_prefix" in filt:  # TyDiQA-GoldP: all languages in one config, told apart by the id
         wanted = filt["id_prefix"].format(lang=lang, code=task.code(lang))
-        dataset = dataset.filter(lambda row: str(row["id"]).startswith(wanted))
+        dataset = dataset.filter(lambda value: str(value).startswith(wanted), input_columns="id")
     if len(dataset) == 0:
-        raise Veco2Error(f"{task.name}: hub {source['path']} {name} {source['split']} has no rows for {lang!r}")
+        raise Veco2Error(f"{task.name}: {source['path']} {name} {source['split']} (from {where}) has no rows for {lang!r}")
     return list(dataset), dataset.features
 
 
-def _label_name(value, feature) -> str:
+def _label_name(value, feature) -> str | None:
+    """The label name of a hub value: a ClassLabel int -> its name (``-1``, datasets' "no label",
+    and any other int outside the names -> None); a string label (google/xtreme's XNLI
+    ``gold_label``, PAWS-X ``label``) as it is."""
     names = getattr(feature, "names", None)
     if names is not None and isinstance(value, int):
-        return names[value]
+        return names[value] if 0 <= value < len(names) else None
     return str(value)
+
+
+def _local_ids(task: TaskSpec, split: str, lang: str, count: int) -> list[str]:
+    """The ids the local reader gives the same examples (``{file stem}-{i}``, e.g. ``test-de-0``),
+    so that hub and prefetched local data are the same examples."""
+    stem = local_path(task, split, lang, Path()).stem
+    return [f"{stem}-{i}" for i in range(count)]
 
 
 def _load_hub(task: TaskSpec, split: str, lang: str) -> Any:
     source = (task.hub or {}).get(split)
     if source is None:
         return None
-    rows, features = load_hub_rows(task, split, lang)
-    columns = source.get("columns", {})
     fmt = task.local["format"]
-    if fmt == "tsv_pair":
-        label_feature = features[columns["label"]]
-        examples = [{"id": f"{task.name}-{split}-{lang}-{i}", "text_a": row[columns["text_a"]],
-                     "text_b": row[columns["text_b"]], "label": _label_name(row[columns["label"]], label_feature)}
-                    for i, row in enumerate(rows)]
-        bad = [e["label"] for e in examples if e["label"] not in task.labels]
-        if bad:  # e.g. MultiNLI's -1 "no gold label" rows: counted, logged, left out
-            log.warning("%s %s %s: leaving out %d rows without a valid label", task.name, split, lang, len(bad))
-            examples = [e for e in examples if e["label"] in task.labels]
-        return examples
-    if fmt == "conll":
-        tag_feature = getattr(features[columns["tags"]], "feature", None)
-        return [{"id": f"{task.name}-{split}-{lang}-{i}", "words": list(row[columns["words"]]),
-                 "tags": [_label_name(t, tag_feature) for t in row[columns["tags"]]]}
-                for i, row in enumerate(rows)]
-    if fmt == "squad_json":
-        return [{"id": str(row["id"]), "title": row.get("title", ""), "context": row["context"],
-                 "question": row["question"],
-                 "answers": {"text": list(row["answers"]["text"]),
-                             "answer_start": [int(s) for s in row["answers"]["answer_start"]]}}
-                for row in rows]
-    if fmt == "tatoeba":
-        return {"src": [row["source_sentence"].rstrip("\n") for row in rows],
-                "tgt": [row["target_sentence"].rstrip("\n") for row in rows]}
     if fmt == "bucc":
         raise Veco2Error(
             f"bucc2018: the hub configs bucc18.{lang} hold only the gold pairs, not the corpora to mine; "
             f"real BUCC mining needs the original corpus files in the local layout "
             f"(bucc2018/{lang}-en.{{dev,test}}.{{{lang},en,gold}}): run `veco2 prefetch --tasks bucc2018 --out DIR` "
             f"(downloads them from https://comparable.limsi.fr/bucc2018/) and pass --data-root DIR")
+    rows, features = load_hub_rows(task, split, lang)
+    columns = source.get("columns", {})
+    if fmt == "tsv_pair":
+        label_feature = features[columns["label"]]
+        pairs = [(row[columns["text_a"]], row[columns["text_b"]], _label_name(row[columns["label"]], label_feature))
+                 for row in rows]
+        kept = [p for p in pairs if p[2] in task.labels]
+        if len(kept) < len(pairs):  # ClassLabel -1 ("no label") rows: counted, logged, left out
+            log.warning("%s %s %s: leaving out %d rows without a valid label", task.name, split, lang,
+                        len(pairs) - len(kept))
+        return [{"id": id_, "text_a": a, "text_b": b, "label": label}
+                for id_, (a, b, label) in zip(_local_ids(task, split, lang, len(kept)), kept)]
+    if fmt == "conll":
+        tag_feature = getattr(features[columns["tags"]], "feature", None)
+        return [{"id": id_, "words": list(row[columns["words"]]),
+                 "tags": [_label_name(t, tag_feature) for t in row[columns["tags"]]]}
+                for id_, row in zip(_local_ids(task, split, lang, len(rows)), rows)]
+    if fmt == "squad_json":
+        return [{"id": str(row["id"]), "title": row.get("title", ""), "context": row["context"],
+                 "question": row["question"],
+                 "answers": {"text": list(row["answers"]["text"]),
+                             "answer_start": [int(s) for s in row["answers"]["answer_start"]]}}
+                for row in rows]
+    if fmt == "tatoeba":  # the hub rows keep each line's newline
+        return {"src": [row["source_sentence"].rstrip("\n") for row in rows],
+                "tgt": [row["target_sentence"].rstrip("\n") for row in rows]}
     raise Veco2Error(f"{task.path}: unknown format {fmt!r}")
 
 

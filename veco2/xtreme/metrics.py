@@ -232,6 +232,12 @@ def squad_f1_em(predictions: Mapping[str, str], references: Mapping[str, Sequenc
     Args:
         predictions: question id -> predicted answer text.
         references: question id -> list of gold answer texts (max over them per question).
+
+    Raises:
+        Veco2Error: ``references`` is empty (``squad_f1_em: no reference questions to score``;
+            the official ``evaluate-v1.1.py`` computes ``100.0 * f1 / total`` and crashes with
+            ZeroDivisionError), a question has no gold answer, or its answers are a bare string.
+            Missing predictions are not an error: they score 0, with a logged count.
     """
     return _qa_scores(predictions, references, squad_normalize, "squad_f1_em")
 
@@ -295,7 +301,17 @@ def mlqa_f1_em(
     predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], lang: str
 ) -> dict[str, float]:
     """MLQA F1 and exact match (percent) for one language (context language = question
-    language), ``{"f1", "exact_match"}``; inputs as in :func:`squad_f1_em`."""
+    language), ``{"f1", "exact_match"}``; inputs as in :func:`squad_f1_em`.
+
+    Raises:
+        Veco2Error: ``lang`` is not one of :data:`MLQA_LANGUAGES` (``mlqa_f1_em: language 'fr'
+            unknown to the MLQA scorer; known: en es de ar hi vi zh``), checked before anything
+            is scored (the official ``mlqa_evaluation_v1.py``, facebookresearch/MLQA commit
+            5ef5c731, raises a bare ``Exception('Unknown Language ...')`` only once it normalises
+            a first answer, so a run without predictions passes silently); or any
+            :func:`squad_f1_em` input error, e.g. no reference questions (the official script
+            divides by the question count: ZeroDivisionError).
+    """
     if lang not in MLQA_LANGUAGES:
         raise Veco2Error(f"mlqa_f1_em: language {lang!r} unknown to the MLQA scorer; known: {' '.join(MLQA_LANGUAGES)}")
     return _qa_scores(predictions, references, lambda s: mlqa_normalize(s, lang), f"mlqa_f1_em[{lang}]")

@@ -9,7 +9,12 @@ manifest.
 
 BUCC 2018 is the exception: the hub's ``bucc18`` configs hold only gold pairs, so the original corpus
 archives are downloaded from https://comparable.limsi.fr/bucc2018/ ("sample" -> dev, "training" ->
-test, as XTREME's ``download_data.sh`` does).  Nothing here runs in the tests (network).
+test, as XTREME's ``download_data.sh`` does).
+
+With ``$VECO2_HUB_MIRROR=DIR`` (a local mirror of the hub datasets, see :mod:`veco2.xtreme.data`)
+the hub reads come from ``DIR/google/xtreme`` and ``DIR/facebook/xnli`` instead of the network; the
+tests prefetch that way from tiny copies in the hub's parquet layout (``tests/test_xtreme_hub.py``).
+The BUCC download is not mirrored.
 """
 
 from __future__ import annotations

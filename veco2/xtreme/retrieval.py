@@ -13,9 +13,19 @@ Determinism: exact ties are broken towards the LOWEST key index (documented XTRE
 stable sort.  faiss (``backend="faiss"``, optional, only if installed) is faster on large
 inputs but gives no tie guarantee, so it is opt-in, never the default.
 
+Tatoeba (Artetxe & Schwenk 2019) is scored in XTREME's direction: the official
+google-research/xtreme ``third_party/evaluate_retrieval.py`` (commit 68ff4bec) indexes the
+non-English sentences (``tatoeba.LANG-eng.LANG``) and queries them with the English ones
+(``similarity_search(x=non-English, y=English)`` in ``third_party/utils_retrieve.py``, commit
+4940374c: ``idx.add(x)``, ``idx.search(y, 1)``), so the reported accuracy is that of the ENGLISH
+queries.  :func:`tatoeba_evaluate` returns that number as ``accuracy`` and the other direction
+beside it as ``accuracy_xx_to_en``.
+
 BUCC (Zweigenbaum et al. 2018) follows LASER's ``mine_bitexts.py`` as XTREME calls it
 (``third_party/utils_retrieve.py``: ``mode="mine", retrieval="max", margin="ratio",
 neighborhood=4``), with three defects of the official pipeline fixed, see :func:`bucc_evaluate`.
+Each distinct ``(source, target)`` candidate counts once, with its highest score, as the official
+``read_candidate2score`` keeps it (:func:`distinct_pairs`).
 """
 
 from __future__ import annotations
@@ -159,19 +169,66 @@ def _knn_faiss(q: torch.Tensor, x: torch.Tensor, k: int) -> tuple[np.ndarray, np
 # ---------------------------------------------------------------------------------------------
 
 
-def tatoeba_accuracy(src_vecs, tgt_vecs, gold=None, *, chunk_size: int = 2048) -> float:
-    """Top-1 retrieval accuracy (percent): each source sentence (query, the non-English side
-    in XTREME) retrieves its nearest target by cosine, ties to the lowest index; correct when
-    it is ``gold[i]`` (default: target ``i``, the aligned Tatoeba test files)."""
-    src = _as_tensor(src_vecs, "src_vecs")
-    n = src.shape[0]
-    if n == 0:
-        raise Veco2Error("tatoeba_accuracy: no source sentences")
+TATOEBA_HEADLINE = "accuracy"  # English queries -> non-English index: XTREME's number
+TATOEBA_REVERSE = "accuracy_xx_to_en"  # non-English queries -> English index, reported beside it
+TATOEBA_METRICS = (TATOEBA_HEADLINE, TATOEBA_REVERSE)
+
+
+def _nearest(query_vecs, key_vecs, chunk_size: int, what: str) -> np.ndarray:
+    """Index of the nearest key (cosine, ties to the lowest index) of every query."""
+    queries = _as_tensor(query_vecs, f"{what}: query vectors")
+    if queries.shape[0] == 0:
+        raise Veco2Error(f"{what}: no query sentences")
+    _, indices = knn(queries, key_vecs, 1, chunk_size=chunk_size)
+    return indices[:, 0]
+
+
+def tatoeba_accuracy(query_vecs, key_vecs, gold=None, *, chunk_size: int = 2048) -> float:
+    """Top-1 retrieval accuracy (percent) of ONE direction: each query retrieves its nearest key
+    by cosine, ties to the lowest index; correct when it is ``gold[i]`` (default: key ``i``,
+    the line-aligned Tatoeba test files).
+
+    XTREME's Tatoeba number is ``tatoeba_accuracy(english, non_english)`` (English queries);
+    :func:`tatoeba_evaluate` computes it together with the other direction.
+    """
+    nearest = _nearest(query_vecs, key_vecs, chunk_size, "tatoeba_accuracy")
+    n = len(nearest)
     gold = np.arange(n) if gold is None else np.asarray(gold, dtype=np.int64)
     if gold.shape != (n,):
         raise Veco2Error(f"tatoeba_accuracy: gold has shape {gold.shape}, expected ({n},)")
-    _, indices = knn(src, tgt_vecs, 1, chunk_size=chunk_size)
-    return 100.0 * float(np.mean(indices[:, 0] == gold))
+    return 100.0 * float(np.mean(nearest == gold))
+
+
+def tatoeba_evaluate(xx_vecs, en_vecs, *, chunk_size: int = 2048) -> dict:
+    """Both Tatoeba directions on line-aligned test files (line ``i`` of ``tatoeba.LANG-eng.LANG``
+    translates line ``i`` of ``tatoeba.LANG-eng.eng``).
+
+    Returns:
+        ``{"accuracy": percent of English sentences whose nearest non-English sentence is their
+        translation (XTREME's direction, the headline number), "accuracy_xx_to_en": the same
+        for non-English queries among the English sentences, "predictions": int64 array, one
+        entry per ENGLISH line i: the 0-based line number of the non-English sentence it
+        retrieved (the official script's ``test_LANG_predictions.txt`` holds the same indices,
+        printed as one-element arrays)}``.  The official search is exact L2 over L2-normalised
+        vectors, which ranks exactly as cosine; exact ties go to the lowest line here (faiss
+        leaves them unspecified).
+
+    Raises:
+        Veco2Error: the two sides have different numbers of sentences (not line-aligned), or
+            none at all.
+    """
+    xx, en = _as_tensor(xx_vecs, "tatoeba: non-English vectors"), _as_tensor(en_vecs, "tatoeba: English vectors")
+    if xx.shape[0] != en.shape[0]:
+        raise Veco2Error(f"tatoeba: {xx.shape[0]} non-English but {en.shape[0]} English sentences; "
+                         "the test files must be line-aligned")
+    en_to_xx = _nearest(en, xx, chunk_size, "tatoeba")
+    xx_to_en = _nearest(xx, en, chunk_size, "tatoeba")
+    gold = np.arange(len(en_to_xx))
+    return {
+        TATOEBA_HEADLINE: 100.0 * float(np.mean(en_to_xx == gold)),
+        TATOEBA_REVERSE: 100.0 * float(np.mean(xx_to_en == gold)),
+        "predictions": en_to_xx,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +297,8 @@ def mine(
     No threshold is applied here: see :func:`bucc_threshold_search`.
 
     ``src_ids`` / ``tgt_ids`` map row numbers to sentence ids (e.g. ``de-000123``); they must
-    have one id per vector.
+    have one id per vector.  Rows that share an id can propose the same id pair twice; it is
+    returned once, with its highest score (:func:`distinct_pairs`).
     """
     src_ids = _check_ids(src_ids, len(src_vecs), "mine: src_ids")
     tgt_ids = _check_ids(tgt_ids, len(tgt_vecs), "mine: tgt_ids")
@@ -262,7 +320,23 @@ def mine(
         seen_src.add(s)
         seen_tgt.add(t)
         candidates.append((src_ids[s], tgt_ids[t], float(scores[p])))
-    return candidates
+    return distinct_pairs(candidates)
+
+
+def distinct_pairs(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Each distinct ``(src_id, tgt_id)`` pair once, with the highest score it was given, in
+    order of first appearance (so a best-first list stays best-first).
+
+    The official XTREME scorer (``read_candidate2score`` in ``third_party/utils_retrieve.py``)
+    keys candidates by id pair and keeps the maximum score; counting a repeated pair twice
+    would inflate both the extracted and the correct counts of the threshold search.
+    """
+    best: dict[tuple, float] = {}
+    for src, tgt, score in candidates:
+        pair = (src, tgt)
+        if pair not in best or score > best[pair]:
+            best[pair] = score
+    return [(src, tgt, score) for (src, tgt), score in best.items()]
 
 
 def _gold_set(gold_pairs: Iterable) -> set:
@@ -276,9 +350,10 @@ def _gold_set(gold_pairs: Iterable) -> set:
 
 def bucc_f1(candidates: Sequence[Candidate], gold_pairs: Iterable, threshold: float) -> dict[str, float]:
     """Precision, recall and F1 (percent) of the pairs extracted at ``threshold``: every
-    candidate with ``score >= threshold``.  Returns ``{"precision","recall","f1","threshold"}``."""
+    distinct candidate pair whose highest score is ``>= threshold``.
+    Returns ``{"precision","recall","f1","threshold"}``."""
     gold = _gold_set(gold_pairs)
-    extracted = {(s, t) for s, t, score in candidates if score >= threshold}
+    extracted = {(s, t) for s, t, score in distinct_pairs(candidates) if score >= threshold}
     correct = len(extracted & gold)
     precision = correct / len(extracted) if extracted else 0.0
     recall = correct / len(gold)
@@ -297,10 +372,15 @@ def bucc_threshold_search(candidates: Sequence[Candidate], gold_pairs: Iterable)
     way, extraction on these candidates at the returned threshold is exactly the chosen set.
     If no candidate is correct (F1 = 0 at every cut) the highest score is returned, with a
     warning.
+
+    A pair listed more than once counts once, with its highest score (:func:`distinct_pairs`,
+    as the official ``read_candidate2score``); otherwise a repeated wrong pair would lower
+    precision twice and a repeated gold pair would count as two correct extractions.
     """
     if not candidates:
         raise Veco2Error("BUCC threshold search: no candidates")
     gold = _gold_set(gold_pairs)
+    candidates = distinct_pairs(candidates)
     scores = np.array([c[2] for c in candidates], dtype=np.float64)
     correct = np.array([(c[0], c[1]) in gold for c in candidates], dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
