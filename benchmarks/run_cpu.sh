@@ -10,13 +10,13 @@ $VECO2 pretrain --size small --vocab-size 32000 --variant mlm_seq_tok --seq-len 
     --steps 2 --warmup 1 --repeats 5 --name pretrain_cpu_small_mlm_seq_tok
 # Cost of the contrastive objectives: mlm vs mlm_seq_tok (default and cheaper encodings), one run.
 $VECO2 variants --size small --vocab-size 32000 --seq-len 64 --batch-size 32 --threads 1 \
-    --steps 2 --warmup 1 --repeats 11 --no-memory --name variants_cpu_small
+    --steps 2 --warmup 1 --repeats 11 --no-memory --name variants_cpu_small_faithful
 # Each optimisation switched off alone.
 $VECO2 optimizations --size small --vocab-size 32000 --variant mlm_seq_tok --seq-len 64 --batch-size 32 \
     --steps 1 --warmup 1 --repeats 3 --no-memory --name optimizations_cpu_small_mlm_seq_tok
 # Does a cheaper encoding of the contrastive terms still align sentences? (test-scale and demo-scale tiny models)
-.venv/bin/python benchmarks/seq_encoding_quality.py --scale test --steps 200
-.venv/bin/python benchmarks/seq_encoding_quality.py --scale demo --steps 400 --out benchmarks/results/seq_encoding_quality_demo.json
+.venv/bin/python benchmarks/seq_encoding_quality.py --scale test --steps 200 --out benchmarks/results/seq_encoding_quality_faithful.json
+.venv/bin/python benchmarks/seq_encoding_quality.py --scale demo --steps 400 --out benchmarks/results/seq_encoding_quality_demo_faithful.json
 # BUCC-scale mining of 100k x 100k sentence vectors.
 $VECO2 retrieval --n 100000 --dim 256 --name retrieval_cpu_100000x100000_d256
 # Synonym mining vs plain tokenization of 1M parallel pairs.

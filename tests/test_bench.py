@@ -28,18 +28,18 @@ def test_pack_first_fit_by_hand():
     assert offset.tolist() == [0, 4, 0, 5, 0, 0, 0]
 
 
-def _mini_config(packing: bool, variant: str = "mlm_seq_tok"):
+def _mini_config(packing: bool, variant: str = "mlm_seq_tok", **extra):
     cfg = load_config(f"ablations/{variant}.yaml",  # with the clean pass too, to check both passes
-                      overrides=tiny_training_overrides("unused", **{"objectives.tok.encoding": "separate"}))
+                      overrides=tiny_training_overrides("unused", **{"objectives.tok.encoding": "separate", **extra}))
     object.__setattr__(cfg.data, "packing", packing)
     return cfg
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_packed_sequences_are_encoded_exactly_as_alone(implementation):
+@pytest.mark.parametrize("implementation,cross_layers", [("sdpa", "null"), ("eager", "null"), ("sdpa", 1), ("eager", 1)])
+def test_packed_sequences_are_encoded_exactly_as_alone(implementation, cross_layers):
     shards = SyntheticShards.make(16, 6, 30, vocab=200, seed=1)
     special = SpecialTokens(bos=0, eos=2, pad=1, mask=4, vocab_size=200)
-    cfg = _mini_config(False)
+    cfg = _mini_config(False, **{"objectives.mlm.tlm_cross_layers": cross_layers})  # full TLM / late fusion
     cfg.model.attn_implementation = implementation
     torch.manual_seed(0)
     model = Veco2ForPretraining(build_encoder(cfg.model, 200, special.pad), cfg.objectives).eval()
@@ -58,14 +58,18 @@ def test_packed_sequences_are_encoded_exactly_as_alone(implementation):
             prefix = "" if name == "main" else "clean_"
             ids_a = unmasked(plain) if name == "main" else plain["clean_input_ids"]
             ids_b = unmasked(packed) if name == "main" else packed["clean_input_ids"]
-            sides = {"side_ids": plain["side_ids"]} if name == "main" else {}  # TLM sides apart below the top layer
+            sides = {"side_ids": plain.get("side_ids")} if name == "main" else {}  # late fusion: sides apart below
             a = model.encode(ids_a, plain[f"{prefix}attention_mask"], position_ids=plain.get(f"{prefix}position_ids"),
                              **sides)
             b = model.encode(ids_b, packed[f"{prefix}attention_mask"], segment_ids=packed[f"{prefix}segment_ids"],
                              position_ids=packed[f"{prefix}position_ids"], side_ids=packed.get("side_ids") if sides else None)
-            for layer in (-2, -1):  # sides apart, sides joined
-                view_a = model.pair_view(plain, a, a if name == "clean" else None, encoding, layer)
-                view_b = model.pair_view(packed, b, b if name == "clean" else None, encoding, layer)
+            # The views of the main pass leave out the positions chosen for MLM, which differ with
+            # the shapes: read both as unmasked (the ids encoded above).
+            view_plain = {**plain, "input_ids": ids_a, "labels": torch.full_like(plain["labels"], -100)}
+            view_packed = {**packed, "input_ids": ids_b, "labels": torch.full_like(packed["labels"], -100)}
+            for layer in (-2, -1):  # late fusion: sides apart, sides joined
+                view_a = model.pair_view(view_plain, a, a if name == "clean" else None, encoding, layer)
+                view_b = model.pair_view(view_packed, b, b if name == "clean" else None, encoding, layer)
                 width = view_b.src.shape[1]
                 for x, y, mask in ((view_a.src, view_b.src, view_b.src_mask), (view_a.tgt, view_b.tgt, view_b.tgt_mask)):
                     mask = mask.bool()
@@ -103,7 +107,7 @@ def test_bench_variants_and_peak_flops_give_mfu(tmp_path):
     out = tmp_path / "variants.json"
     args = [a for a in TINY if a != "--no-memory"]
     assert main(["variants", *args, "--system", "mlm=veco2:mlm", "--system",
-                 "joint=veco2:mlm_seq_tok:objectives.seq.encoding=joint", "--peak-flops", "1e12",
+                 "joint=veco2:mlm_seq_tok:objectives.seq.encoding=joint,objectives.tok.encoding=joint", "--peak-flops", "1e12",
                  "--no-memory", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert list(result["ratios"]) == ["joint/mlm"]

@@ -14,6 +14,7 @@ from veco2.objectives import (
     SequenceContrastive,
     TokenContrastive,
     combine_losses,
+    drop_masked_positions,
     mask_tokens,
     momentum_update,
     pool,
@@ -114,6 +115,35 @@ def test_mask_tokens_deterministic_and_at_least_one_per_sequence():
     assert all(torch.equal(a, b) for a, b in zip(out1, out2))
     chosen = out1[1] != -100
     assert chosen[:7, 2].all() and chosen.sum() == 7  # exactly the one maskable token per row
+
+
+def test_mask_tokens_at_least_one_per_packed_sequence():
+    # Two packed rows: row 0 holds sequences 1, 2, 3 (3 has no maskable token), row 1 holds 1, 2.
+    segments = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 3, 3, 0],
+                             [1, 1, 1, 2, 2, 2, 2, 2, 0, 0]])
+    ids = torch.arange(20).reshape(2, 10) + 10
+    special = segments == 0
+    special[0, [0, 3, 4, 6, 7, 8]] = True  # <s>/</s>; sequence 3 of row 0 is only special tokens
+    special[1, [0, 2, 3, 7]] = True
+    kwargs = dict(mask_token_id=4, vocab_size=100, rate=0.0)  # only the at-least-one rule chooses
+    for seed in range(5):
+        _, labels = mask_tokens(ids, special, **kwargs, segment_ids=segments,
+                                generator=torch.Generator().manual_seed(seed))
+        chosen = labels != -100
+        per_sequence = {(r, s): int(chosen[r][segments[r] == s].sum()) for r, s in
+                        [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]}
+        assert per_sequence == {(0, 1): 1, (0, 2): 1, (0, 3): 0, (1, 1): 1, (1, 2): 1}, per_sequence
+        assert not (chosen & special).any()
+    # One segment per row gives exactly the per-row draws (unpacked batches are unchanged).
+    rows = torch.randint(10, 90, (6, 9), generator=torch.Generator().manual_seed(0))
+    row_special = torch.zeros_like(rows, dtype=torch.bool)
+    row_special[:, 0] = row_special[:, -1] = True
+    row_special[2, 3:] = True  # a short row, padded
+    for rate in (0.0, 0.15):
+        per_row = mask_tokens(rows, row_special, **{**kwargs, "rate": rate}, generator=torch.Generator().manual_seed(1))
+        one_segment = mask_tokens(rows, row_special, **{**kwargs, "rate": rate},
+                                  segment_ids=(~row_special).long(), generator=torch.Generator().manual_seed(1))
+        assert all(torch.equal(a, b) for a, b in zip(per_row, one_segment))
 
 
 def test_sparse_mlm_equals_full_vocabulary_loss():
@@ -250,6 +280,34 @@ def test_sequence_contrastive_queue_matches_reference_and_enqueues(symmetric):
     assert sorted(objective.queue.sum(1).tolist()) == sorted(many[-size:].sum(1).tolist())
 
 
+def test_sequence_contrastive_dot_similarity_queue_matches_reference():
+    """InfoXLM's XLCo: raw dot products between the query and the (un-normalised) keys."""
+    g = torch.Generator().manual_seed(5)
+    n, h = 3, 4
+    objective = SequenceContrastive(h, negatives="queue", queue_size=4, temperature=0.25, symmetric=False,
+                                    similarity="dot").to(DT)
+    queued = torch.randn(2, h, dtype=DT, generator=g) * 3
+    objective.enqueue(queued)
+    assert close(objective.queue[:2], queued)  # stored as they are, not normalised
+    src = torch.randn(n, 5, h, dtype=DT, generator=g, requires_grad=True)
+    tgt = torch.randn(n, 5, h, dtype=DT, generator=g, requires_grad=True)
+    mask = random_mask(n, 5, g)
+    src_keys, tgt_keys = torch.randn(n, h, dtype=DT, generator=g), torch.randn(n, h, dtype=DT, generator=g) * 2
+    loss = objective(src, mask, tgt, mask, src_keys=src_keys, tgt_keys=tgt_keys)
+    x = ref_pool(src, mask, "mean")
+    ref = sum(ref_info_nce(x[i] @ tgt_keys[i] / 0.25, [x[i] @ queued[j] / 0.25 for j in range(2)])
+              for i in range(n)) / n
+    assert_same_value_and_grads(loss, ref, [src])
+
+
+def test_negatives_per_anchor():
+    assert SequenceContrastive(negatives="in_batch").negatives_per_anchor(16, 8) == {"per_process": 15, "global": 15}
+    assert SequenceContrastive(negatives="gather").negatives_per_anchor(16, 8) == {"per_process": 15, "global": 127}
+    assert SequenceContrastive(negatives="gather").negatives_per_anchor(16) == {"per_process": 15, "global": 15}
+    queue = SequenceContrastive(4, negatives="queue", queue_size=131072)
+    assert queue.negatives_per_anchor(16, 8) == {"per_process": 0, "global": 131072}
+
+
 def test_momentum_update():
     online, momentum = nn.Linear(3, 2).to(DT), nn.Linear(3, 2).to(DT)
     before = momentum.weight.detach().clone()
@@ -354,6 +412,48 @@ def test_token_contrastive_matches_reference(pooling, negatives, exclude_other_m
     loss = TokenContrastive(**options)(src, src_valid, tgt, tgt_valid, shuffled_spans)
     ref = ref_token_loss(src, src_valid, tgt, tgt_valid, SPANS, **options)
     assert_same_value_and_grads(loss, ref, [src, tgt])
+
+
+def test_token_contrastive_exclude_copies_equals_removing_the_copies_by_hand():
+    g = torch.Generator().manual_seed(6)
+    # One pair: source word [11, 12] at 1..3, target word [21] at 4.  Copies: the source word again
+    # at source 4..6 and target 1..3, the target word again at target 7.  Source position 6 holds
+    # an 11 not followed by a 12 (no copy).
+    src_ids = torch.tensor([[0, 11, 12, 5, 11, 12, 11, 2]])
+    tgt_ids = torch.tensor([[0, 11, 12, 7, 21, 8, 9, 21, 2]])
+    src_valid, tgt_valid = (src_ids > 2), (tgt_ids > 2)
+    spans = torch.tensor([[0, 1, 3, 4, 5]])
+    src = torch.randn(1, 8, 4, dtype=DT, generator=g, requires_grad=True)
+    tgt = torch.randn(1, 9, 4, dtype=DT, generator=g, requires_grad=True)
+    options = dict(negatives="both_sides", temperature=0.3)
+    loss = TokenContrastive(**options, exclude_copies=True)(src, src_valid, tgt, tgt_valid, spans,
+                                                             src_ids=src_ids, tgt_ids=tgt_ids)
+    src_by_hand, tgt_by_hand = src_valid.clone(), tgt_valid.clone()
+    src_by_hand[0, [4, 5]] = False
+    tgt_by_hand[0, [1, 2, 7]] = False
+    ref = ref_token_loss(src, src_by_hand, tgt, tgt_by_hand, spans, pooling="mean", exclude_other_matched=False,
+                         symmetric=True, **options)
+    assert_same_value_and_grads(loss, ref, [src, tgt])
+    kept = TokenContrastive(**options)(src, src_valid, tgt, tgt_valid, spans)  # the copies as negatives
+    assert not close(kept, loss)
+    with pytest.raises(ValueError, match="exclude_copies needs src_ids and tgt_ids"):
+        TokenContrastive(exclude_copies=True)(src, src_valid, tgt, tgt_valid, spans)
+
+
+def test_drop_masked_positions_by_hand():
+    valid = torch.tensor([[0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    chosen = torch.tensor([[0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    tgt_valid = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    tgt_chosen = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    spans = torch.tensor([[0, 1, 2, 1, 2],   # kept
+                          [0, 2, 4, 1, 3],   # source word holds masked position 2
+                          [0, 3, 5, 2, 3],   # kept
+                          [1, 1, 3, 2, 3],   # target word holds masked position 2
+                          [1, 1, 3, 1, 2]])  # kept
+    src_out, tgt_out, kept = drop_masked_positions(valid, tgt_valid, spans, chosen, tgt_chosen)
+    assert src_out.tolist() == [[0, 1, 0, 1, 1, 0], [0, 1, 1, 1, 0, 0]]
+    assert tgt_out.tolist() == [[0, 1, 1, 0], [0, 1, 0, 0]]
+    assert kept.tolist() == [[0, 1, 2, 1, 2], [0, 3, 5, 2, 3], [1, 1, 3, 1, 2]]
 
 
 def test_token_contrastive_joint_encoding_same_tensor():

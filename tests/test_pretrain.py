@@ -209,6 +209,9 @@ def test_pretrain_writes_a_model_that_plain_transformers_loads(small_corpus_dir,
     assert [m["step"] for m in metrics] == [2, 4]
     assert {"loss_mlm", "loss_seq", "loss_tok", "lr", "grad_norm", "tokens_per_s", "padding_share"} <= set(metrics[0])
     assert summary["provenance"]["git_commit"]
+    # 16 instances, half bilingual: 8 pairs, all-gathered over 1 process: 7 negatives per anchor.
+    assert summary["sequence_negatives"] == {"pairs_per_process": 8, "processes": 1, "mode": "gather",
+                                             "per_process": 7, "global": 7}
     assert set(summary["retrieval"]["accuracy"]) == {"de", "zh", "mean"}
     assert (tmp_path / "config.yaml").exists()
 
@@ -291,3 +294,153 @@ def test_resuming_with_another_config_is_refused(prepared, small_corpus_dir, tmp
     # ... anything that changes the weights may not.
     with pytest.raises(Veco2Error, match=r"step-000000008: checkpoint of a run with another config"):
         pretrain(_config(small_corpus_dir, **shared, **{"objectives.seq.weight": 0.5}), tmp_path)
+
+
+# -- the faithful defaults ----------------------------------------------------------------------
+
+
+def test_default_tlm_is_xlm_tlm_every_layer_and_reset_positions(prepared, small_corpus_dir):
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    cfg = _config(small_corpus_dir, "mlm", **{"model.dropout": 0.0})
+    assert cfg.objectives.mlm.tlm_cross_layers is None and cfg.objectives.mlm.tlm_reset_positions
+    cfg = _config(small_corpus_dir, **{"model.dropout": 0.0})  # the same TLM, with the pair views built
+    torch.manual_seed(0)
+    model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
+
+    def source_states(shift_target):
+        batch = collate(shards, np.array([0]), np.array([2, 3]), cfg, special, torch.Generator().manual_seed(0))
+        assert "side_ids" not in batch  # no late-fusion masks
+        ids = batch["input_ids"]
+        tgt = torch.zeros(ids.numel(), dtype=torch.bool)
+        tgt[batch["pair_index"][batch["joint_tgt_mask"]]] = True
+        tgt = tgt.view_as(ids)
+        if shift_target:  # other target tokens: the source side sees them from the first layer on
+            ids = torch.where(tgt, (ids + 7) % len(tokenizer) + 5, ids)
+        with torch.no_grad():
+            out = model.encode(ids, batch["attention_mask"], segment_ids=batch["segment_ids"],
+                               position_ids=batch["position_ids"])
+        src = batch["pair_index"][batch["joint_src_mask"]]
+        return [h.flatten(0, 1)[src] for h in out.hidden_states]
+
+    same, changed = source_states(False), source_states(True)
+    torch.testing.assert_close(same[0], changed[0], rtol=0, atol=0)  # embeddings: no attention yet
+    for layer in (1, 2):
+        assert not torch.allclose(same[layer], changed[layer], atol=1e-4), layer
+
+
+def test_default_contrastive_terms_read_clean_text(prepared, small_corpus_dir):
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    cfg = _config(small_corpus_dir, **{"model.dropout": 0.0})
+    assert (cfg.objectives.seq.encoding, cfg.objectives.tok.encoding) == ("separate", "separate")
+    torch.manual_seed(0)
+    model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
+    losses = []
+    for seed in (0, 1):  # two different maskings of the same instances
+        batch = collate(shards, np.arange(4), np.arange(6), cfg, special, torch.Generator().manual_seed(seed))
+        assert not (batch["clean_input_ids"] == special.mask).any()
+        with torch.no_grad():
+            losses.append(model(batch))
+        main = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch["segment_ids"],
+                            position_ids=batch["position_ids"])
+        view = model.pair_view(batch, main, main, "separate", -1)
+        assert not (view.src_ids == special.mask).any() and not (view.tgt_ids == special.mask).any()
+    assert losses[0]["mlm"] != losses[1]["mlm"]
+    assert losses[0]["seq"] == losses[1]["seq"] and losses[0]["tok"] == losses[1]["tok"]
+
+
+def test_default_sequence_term_pools_the_retrieval_layer_as_retrieval_does(prepared, small_corpus_dir):
+    from veco2.xtreme.evaluate import default_layer
+
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    cfg = _config(small_corpus_dir, **{"model.dropout": 0.0})
+    assert cfg.objectives.seq.layer is None
+    torch.manual_seed(0)
+    encoder = build_encoder(cfg.model, len(tokenizer), special.pad).eval()
+    model = Veco2ForPretraining(encoder, cfg.objectives)
+    assert model.seq.layer == default_layer(2) == 1 and model.clean_depth == 2  # tok reads the top layer
+    assert Veco2ForPretraining(encoder, cfg.objectives, retrieval_layer=-1).seq.layer == 2
+    batch = collate(shards, np.arange(2), np.arange(5), cfg, special, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = model.encode(batch["clean_input_ids"], batch["clean_attention_mask"],
+                             segment_ids=batch["clean_segment_ids"], position_ids=batch["clean_position_ids"])
+        view = model.pair_view(batch, clean, clean, "separate", model.seq.layer)
+        pooled = model.seq.embed(view.tgt, view.tgt_mask)
+        for n, i in enumerate(range(5)):  # veco2.xtreme.evaluate.encode: "<s> y </s>" alone, mean over non-pad
+            ids = torch.as_tensor([[special.bos, *shards.bi(i)[1].tolist(), special.eos]])
+            states = encoder.roberta(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     output_hidden_states=True).hidden_states[default_layer(2)]
+            torch.testing.assert_close(pooled[n], torch.nn.functional.normalize(states[0].mean(0), dim=-1),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_clean_pass_stops_at_the_deepest_layer_it_serves(prepared, small_corpus_dir):
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    cfg = _config(small_corpus_dir, "mlm_seq", **{"model.dropout": 0.0})
+    torch.manual_seed(0)
+    model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
+    assert model.clean_depth == 1  # the sequence term reads layer 1 of 2; the token term is off
+    batch = collate(shards, np.arange(2), np.arange(5), cfg, special, torch.Generator().manual_seed(0))
+    args = (batch["clean_input_ids"], batch["clean_attention_mask"])
+    kwargs = dict(segment_ids=batch["clean_segment_ids"], position_ids=batch["clean_position_ids"])
+    with torch.no_grad():
+        short, full = model.encode(*args, **kwargs, depth=1), model.encode(*args, **kwargs)
+        assert len(short.hidden_states) == 2
+        real = batch["clean_attention_mask"].bool()
+        for a, b in zip(short.hidden_states, full.hidden_states):
+            torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)
+        loss_short = model(batch)["seq"]
+        model.clean_depth = 2
+        torch.testing.assert_close(model(batch)["seq"], loss_short, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_joint_option_leaves_masked_positions_out(prepared, small_corpus_dir, packing):
+    _, tokenizer, shards, _ = prepared
+    special = SpecialTokens.of(tokenizer)
+    cfg = load_config(f"{ABLATIONS}/extra/late_fusion.yaml",
+                      overrides=tiny_training_overrides(small_corpus_dir, **{"data.packing": packing,
+                                                                             "objectives.mlm.rate": 0.4}))
+    torch.manual_seed(0)
+    model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
+    batch = collate(shards, np.arange(2), np.arange(8), cfg, special, torch.Generator().manual_seed(0))
+    assert "clean_input_ids" not in batch
+    with torch.no_grad():
+        main = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
+                            position_ids=batch.get("position_ids"), side_ids=batch["side_ids"])
+    view = model.pair_view(batch, main, None, "joint", -1)
+    chosen = model._rows(batch["labels"], batch, "pair") != -100
+    assert chosen[batch["joint_src_mask"]].any() and chosen[batch["joint_tgt_mask"]].any()
+    for mask in (view.src_mask, view.tgt_mask, view.src_valid, view.tgt_valid):
+        assert not (mask.bool() & chosen).any()
+    # Pooling: <s> x </s> and </s> y </s> of the row (as retrieval pools), less the masked positions.
+    assert torch.equal(view.src_mask.bool(), batch["joint_src_pool"] & ~chosen)
+    assert torch.equal(view.tgt_mask.bool(), batch["joint_tgt_pool"] & ~chosen)
+    assert (batch["joint_src_pool"] & ~batch["joint_src_mask"]).sum() == 2 * 8  # <s>, </s> per pair
+    for p, s0, s1, t0, t1 in view.spans.tolist():
+        assert not chosen[p, s0:s1].any() and not chosen[p, t0:t1].any()
+    assert 0 < len(view.spans) < len(batch["joint_spans"])
+    # The copies rule reads the unmasked ids.
+    ids = model._rows(torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"]), batch, "pair")
+    assert torch.equal(view.src_ids, ids) and not (view.src_ids[batch["joint_src_mask"]] == special.mask).any()
+
+
+def test_paper_scale_configs_use_an_infoxlm_sized_queue():
+    root = ABLATIONS.parent / "config" / "pretrain"
+    for name in ("base", "large"):
+        seq = load_config(root / f"{name}.yaml", ABLATIONS / "mlm_seq_tok.yaml").objectives.seq
+        assert (seq.negatives, seq.queue_size, seq.momentum) == ("queue", 131072, 0.9999)
+    xlco = load_config(ABLATIONS / "extra" / "infoxlm_xlco.yaml").objectives.seq
+    assert (xlco.similarity, xlco.pooling, xlco.layer, xlco.temperature) == ("dot", "cls", 8, 0.25)
+
+
+def test_bad_sequence_options_name_the_key(small_corpus_dir):
+    from veco2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"objectives.seq.layer: got 5, must be a hidden layer of the 2-layer model"):
+        _config(small_corpus_dir, **{"objectives.seq.layer": 5})
+    with pytest.raises(ConfigError, match=r"objectives.seq.similarity: got 'l2', expected one of 'cosine', 'dot'"):
+        _config(small_corpus_dir, **{"objectives.seq.similarity": "l2"})

@@ -22,7 +22,8 @@ synchronisation).  Reported per system: the median over rounds of
   pass.  Tokens that a system encodes a second time (a clean pass for the contrastive terms)
   are not counted again;
 * ``padding_share``: padded positions / all positions of every encoder pass of the step;
-* ``mfu`` (GPU): SPEC section 3's ``flops_per_token × tokens_per_s / peak``, the attention
+* ``mfu`` (GPU): ``flops_per_token × tokens_per_s / peak`` (PaLM's model FLOPs utilisation,
+  arXiv 2204.02311 appendix B; ``veco2.model.flops_per_token``), the attention
   term with the mean attention span of a token (its own sequence, also when packed);
 * ``peak_memory_mib``: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak RSS of a
   separate child process that builds the system alone and runs ``--steps`` steps (one process
@@ -38,9 +39,9 @@ sees other (length-sorted) batches.
 **The baseline** is the objective written the plain way: ``XLMRobertaForMaskedLM(labels=...)``
 (the full-vocabulary head at every position), eager attention, float32, batches padded to their
 longest sequence without length bucketing or packing, plain TLM rows (every layer joint, one run
-of positions), the sequence-contrastive sides encoded by
-two extra forward passes (one per side, unmasked), the token-contrastive term on the hidden
-states of the MLM pass's TLM rows, ``torch.optim.AdamW`` with its default (non-fused)
+of positions), both contrastive terms on the sides encoded by
+two extra forward passes (one per side, unmasked, each padded to its longest sentence), as the
+default objective reads them, ``torch.optim.AdamW`` with its default (non-fused)
 implementation.  The loss terms are veco2's own ``SequenceContrastive`` / ``TokenContrastive``
 modules, so the objective math is the same; only the engineering differs.  Batches draw the same
 number of monolingual and bilingual instances per step from the same shards.
@@ -267,25 +268,27 @@ class System:
 
     def baseline_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The plain way: HF's MLM loss over the full vocabulary, and one more encoder pass per side."""
-        need_hidden = self.model.tok is not None
         out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           labels=batch["labels"], output_hidden_states=need_hidden)
+                           labels=batch["labels"])
         losses = {"mlm": out.loss}
-        if "clean_input_ids" not in batch and self.model.seq is None and self.model.tok is None:
+        if self.model.seq is None and self.model.tok is None:
             return losses
+        n = len(batch["side_src_rows"])
+        sides = []  # (hidden states, attention mask, content tokens, token ids) of the unmasked sides
+        for rows, side in ((slice(0, n), "src"), (slice(n, 2 * n), "tgt")):
+            mask = batch[f"side_{side}_mask"]
+            width = int(mask.sum(1).max())  # each side padded to its own longest sentence
+            ids = batch["clean_input_ids"][rows, :width]
+            hidden = self.encoder.roberta(input_ids=ids, attention_mask=mask[:, :width], output_hidden_states=True)
+            sides.append((hidden.hidden_states, mask[:, :width], batch[f"side_{side}_valid"][:, :width], ids))
+        (src, src_mask, src_valid, src_ids), (tgt, tgt_mask, tgt_valid, tgt_ids) = sides
         if self.model.seq is not None:
-            n = len(batch["side_src_rows"])
-            sides = []
-            for rows, mask in ((slice(0, n), batch["side_src_mask"]), (slice(n, 2 * n), batch["side_tgt_mask"])):
-                width = int(mask.sum(1).max())  # each side padded to its own longest sentence
-                hidden = self.encoder.roberta(input_ids=batch["clean_input_ids"][rows, :width],
-                                              attention_mask=mask[:, :width], output_hidden_states=True)
-                sides.append((hidden.hidden_states[self.model.seq.layer], mask[:, :width]))
-            losses["seq"] = self.model.seq(sides[0][0], sides[0][1], sides[1][0], sides[1][1])
+            layer = self.model.seq.layer
+            losses["seq"] = self.model.seq(src[layer], src_mask, tgt[layer], tgt_mask)
         if self.model.tok is not None:
-            hidden = out.hidden_states[self.model.tok.layer][batch["pair_rows"]]
-            losses["tok"] = self.model.tok(hidden, batch["joint_src_mask"], hidden, batch["joint_tgt_mask"],
-                                           batch["joint_spans"])
+            layer = self.model.tok.layer
+            losses["tok"] = self.model.tok(src[layer], src_valid, tgt[layer], tgt_valid, batch["side_spans"],
+                                           src_ids=src_ids, tgt_ids=tgt_ids)
         return losses
 
 
@@ -496,15 +499,17 @@ def cmd_pretrain(args) -> None:
                  args, result)
 
 
-_PLAIN_TLM = "objectives.mlm.tlm_cross_layers=null,objectives.mlm.tlm_reset_positions=false"
-_CLEAN_PASS = "objectives.seq.encoding=separate,objectives.seq.layer=-1"
+# Late fusion (ablations/extra/late_fusion.yaml): TLM sides apart below the top layer, both
+# contrastive terms read the masked main pass (no clean pass).
+_LATE_FUSION_TLM = "objectives.mlm.tlm_cross_layers=1"
+_LATE_FUSION = (f"{_LATE_FUSION_TLM},objectives.seq.encoding=joint,objectives.seq.layer=-2,"
+                "objectives.tok.encoding=joint")
 DEFAULT_VARIANTS = [  # the defaults first (ratios are to mlm), then the other encodings of the same objectives
     "mlm=veco2:mlm",
     "mlm_seq_tok=veco2:mlm_seq_tok",
-    f"mlm/plain_tlm=veco2:mlm:{_PLAIN_TLM}",
-    f"mlm_seq_tok/plain_tlm_clean_pass=veco2:mlm_seq_tok:{_PLAIN_TLM},{_CLEAN_PASS}",
-    f"mlm_seq_tok/bilingual_separate=veco2:mlm_seq_tok:{_CLEAN_PASS},objectives.mlm.bilingual=separate,"
-    "objectives.tok.encoding=separate",
+    f"mlm/late_fusion=veco2:mlm:{_LATE_FUSION_TLM}",
+    f"mlm_seq_tok/late_fusion=veco2:mlm_seq_tok:{_LATE_FUSION}",
+    "mlm_seq_tok/bilingual_separate=veco2:mlm_seq_tok:objectives.mlm.bilingual=separate",
 ]
 
 

@@ -88,17 +88,17 @@ class MaskedLMConfig:
     """How bilingual instances are encoded for MLM: ``tlm`` concatenates the pair into one sequence
     (XLM's TLM); ``separate`` masks each side as its own sequence."""
     tlm_reset_positions: bool = True
-    """TLM only: restart the position ids at the target side of a TLM row, as XLM's TLM does ("to
-    facilitate the alignment"); ``False``: one sequence of positions (XLM-R's pair layout)
-    (reconstruction)."""
-    tlm_cross_layers: int | None = 1
+    """TLM only: restart the position ids at the target side of a TLM row, as XLM's TLM does ("we
+    also reset the positional embeddings of target sentences to facilitate the alignment",
+    Lample & Conneau 2019, arXiv 1901.07291, section 3.3); ``False``: one sequence of positions
+    (XLM-R's pair layout)."""
+    tlm_cross_layers: int | None = None
     """TLM only: the number of top encoder layers in which the two sides of a TLM row attend to
-    each other; in the layers below, each side attends only to itself.  ``None``: every layer
-    (XLM's TLM).  With ``c`` cross layers, hidden states ``0 .. L-c`` (``L-c`` = index ``-(c+1)``)
-    hold each side encoded on its own, so the default ``seq.encoding=joint`` pooled there
-    (``seq.layer=-2``) has no shortcut through the other side and needs no extra encoder pass.
-    Reconstruction, chosen on measurements (benchmarks/RESULTS.md): on the demo it aligns
-    sentences as well as a separate clean pass at the cost of the TLM pass alone."""
+    each other.  ``None`` (default): every layer, XLM's TLM.  ``c``: in the ``L-c`` layers below,
+    each side attends only to itself (*late fusion*, a speed option of this suite, not a published
+    method: hidden states ``0 .. L-c`` hold each side encoded on its own, so ``seq.encoding=joint``
+    pooled there needs no extra encoder pass; measured trade-off in benchmarks/RESULTS.md, variant
+    file ``ablations/extra/late_fusion.yaml``)."""
 
 
 @dataclass
@@ -108,19 +108,35 @@ class SequenceContrastiveConfig:
     temperature: float = 0.05
     """τ_seq (reconstruction)."""
     pooling: Literal["mean", "cls"] = "mean"
-    layer: int = -2
-    """Hidden layer to pool (0 = embeddings, -1 = last): by default the last one in which the sides
-    of a TLM row are still apart (see ``mlm.tlm_cross_layers``) (reconstruction)."""
+    """Sentence vector: mean over the pooled tokens (XTREME retrieval's pooling) or the first token."""
+    pool_special_tokens: bool = True
+    """Mean pooling includes ``<s>``/``</s>`` of each side, as the retrieval evaluation
+    (``veco2.xtreme.evaluate.encode``: every non-pad token) does; ``False``: content tokens only
+    (reconstruction)."""
+    layer: int | None = None
+    """Hidden layer to pool (0 = embeddings, -1 = last).  ``None`` (default): the retrieval layer
+    (``evaluation.retrieval_layer``, else ``veco2.xtreme.evaluate.default_layer``: 2/3 of the
+    depth, XTREME's 8 of 12), so training aligns the layer that retrieval reads (reconstruction)."""
     projection: int | None = None
     symmetric: bool = True
+    similarity: Literal["cosine", "dot"] = "cosine"
+    """``cosine``: L2-normalised vectors (SimCSE, MoCo v2); ``dot``: raw dot products of the pooled
+    (projected) vectors, as InfoXLM's XLCo (arXiv 2007.07834) (reconstruction)."""
     negatives: Literal["in_batch", "gather", "queue"] = "gather"
+    """``in_batch``: the pairs of the local micro-batch; ``gather``: all-gathered from every process
+    (gradients flow to the local part); ``queue``: InfoXLM's momentum encoder and queue of
+    ``queue_size`` keys (the paper-scale configs use it) (reconstruction)."""
     queue_size: int = 131072
-    momentum: float = 0.999
-    encoding: Literal["separate", "joint"] = "joint"
-    """``joint``: pool each side of its TLM row in the main pass (no extra pass; the sides must not
-    see each other at ``layer``, see ``mlm.tlm_cross_layers``, or the loss can match them through
-    each other); ``separate``: each side encoded on its own (an extra clean pass unless
-    ``mlm.bilingual`` is ``separate``, whose passes are reused) (reconstruction)."""
+    """Keys in the queue (``negatives=queue``): InfoXLM's 131,072."""
+    momentum: float = 0.9999
+    """Momentum of the key encoder (``negatives=queue``): InfoXLM's 0.9999."""
+    encoding: Literal["separate", "joint"] = "separate"
+    """``separate`` (default): each side encoded on its own, unmasked (``<s> x </s>``, as retrieval
+    encodes a sentence; one extra clean pass, shared with the token term, unless
+    ``mlm.bilingual=separate``, whose passes are reused); ``joint``: each side pooled from its TLM
+    row in the masked main pass, leaving out the positions chosen for MLM (no extra pass; with
+    full-attention TLM the sides see each other, so use it with ``mlm.tlm_cross_layers`` and a
+    ``layer`` below the cross layers) (reconstruction)."""
 
 
 @dataclass
@@ -132,12 +148,18 @@ class TokenContrastiveConfig:
     subword_pooling: Literal["mean", "first"] = "mean"
     negatives: Literal["other_side", "both_sides"] = "other_side"
     exclude_other_matched: bool = False
+    exclude_copies: bool = True
+    """Leave every other occurrence of the anchor's or the positive's word (the same token ids) in
+    the instance out of the negatives (they are false negatives); ``False``: keep them
+    (reconstruction)."""
     symmetric: bool = True
     layer: int = -1
     projection: int | None = None
-    encoding: Literal["joint", "separate"] = "joint"
-    """``joint``: token vectors from the bilingual instance's TLM pass (the abstract's "inside one
-    bilingual instance"); ``separate``: from per-side passes (reconstruction)."""
+    encoding: Literal["separate", "joint"] = "separate"
+    """``separate`` (default): token vectors from the unmasked, separately encoded sides of the
+    bilingual instance -- the clean pass the sequence term reads, so both terms cost one extra
+    pass; ``joint``: from the instance's TLM row in the masked main pass, with the positions chosen
+    for MLM left out of anchors, positives and negatives (no extra pass) (reconstruction)."""
 
 
 @dataclass
@@ -339,6 +361,10 @@ def _check_ranges(cfg: Config, origins: dict[str, str] | None = None) -> None:
     cross = cfg.objectives.mlm.tlm_cross_layers
     if cross is not None and cross < 0:
         raise fail("objectives.mlm.tlm_cross_layers", cross, "must be >= 0 (or null: every layer)")
+    seq_layer, depth = cfg.objectives.seq.layer, cfg.model.num_layers
+    if seq_layer is not None and depth is not None and not -depth - 1 <= seq_layer <= depth:
+        raise fail("objectives.seq.layer", seq_layer,
+                   f"must be a hidden layer of the {depth}-layer model ({-depth - 1} .. {depth}) or null")
     if cfg.objectives.mlm.mask_prob + cfg.objectives.mlm.random_prob > 1.0:
         raise ConfigError("config: objectives.mlm.mask_prob + objectives.mlm.random_prob must be <= 1")
     if cfg.data.tokenizer == "train" and cfg.data.vocab_size < MIN_TRAINED_VOCAB:

@@ -91,6 +91,7 @@ def mask_tokens(
     mask_prob: float = 0.8,
     random_prob: float = 0.1,
     generator: torch.Generator | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-style masking: choose ``rate`` of the maskable tokens, corrupt them 80/10/10.
 
@@ -106,15 +107,18 @@ def mask_tokens(
             random token; the rest (``1 - mask_prob - random_prob``) keep the original token.
         generator: a ``torch.Generator`` on ``input_ids``' device; the result is a deterministic
             function of the inputs and the generator state.
+        segment_ids: ``[B, T]`` packed rows (``veco2.data.batching``): 1, 2, ... for the
+            sequences of a row, 0 at padding.  ``None``: each row is one sequence.
 
     Returns:
         ``(masked_input_ids, labels)``: labels hold the original id at chosen positions and
         ``-100`` everywhere else.
 
-    Every sequence with at least one maskable token gets at least one chosen token: where the
-    Bernoulli draw chose none, one maskable position is chosen uniformly at random (so short
-    sequences always contribute to the loss; this raises the effective rate slightly on very
-    short inputs).
+    Every *sequence* (a row, or a segment of a packed row) with at least one maskable token gets
+    at least one chosen token: where the Bernoulli draw chose none in it, one of its maskable
+    positions is chosen uniformly at random (so short sequences always contribute to the loss,
+    packed or not; this raises the effective rate slightly on very short inputs).  Unpacked rows
+    get exactly the draws they got before packing existed.
     """
     if not 0.0 <= mask_prob + random_prob <= 1.0 or mask_prob < 0 or random_prob < 0:
         raise ValueError("mask_prob and random_prob must be >= 0 with a sum <= 1")
@@ -125,10 +129,25 @@ def mask_tokens(
         return torch.rand(input_ids.shape, generator=generator, device=device)
 
     chosen = (uniform() < rate) & maskable
-    # At least one chosen token per sequence that has a maskable token: pick one at random.
-    needs_one = ~chosen.any(dim=1) & maskable.any(dim=1)
-    random_maskable = uniform().masked_fill(~maskable, -1.0).argmax(dim=1)
-    chosen[needs_one, random_maskable[needs_one]] = True
+    # At least one chosen token per sequence that has a maskable token: pick one at random (the
+    # maskable position with the highest score of a second uniform draw).
+    score = uniform().masked_fill(~maskable, -1.0)
+    if segment_ids is None:
+        needs_one = ~chosen.any(dim=1) & maskable.any(dim=1)
+        chosen[needs_one, score.argmax(dim=1)[needs_one]] = True
+    else:
+        width = int(segment_ids.max()) + 1 if segment_ids.numel() else 1
+        group = (segment_ids.long() + width * torch.arange(input_ids.shape[0], device=device)[:, None]).flatten()
+        groups = input_ids.shape[0] * width
+
+        def per_sequence_max(values: torch.Tensor) -> torch.Tensor:
+            out = torch.full((groups,), -1.0, device=device, dtype=values.dtype)
+            return out.scatter_reduce(0, group, values.flatten(), reduce="amax")
+
+        best = per_sequence_max(score)  # the winning score of each sequence (-1: nothing maskable)
+        has_chosen = per_sequence_max(chosen.flatten().to(score.dtype)) > 0
+        pick = (score.flatten() == best[group]) & ~has_chosen[group] & maskable.flatten()
+        chosen |= pick.view_as(chosen)
 
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     action = uniform()
@@ -155,7 +174,7 @@ class MaskedLM(nn.Module):
         L_mlm = -(1/|M|) Σ_{i∈M} log softmax(head(h_i))[x_i]
     The head runs on the |M| masked positions only (gathered to ``[M, H]``), not on all B·T
     positions: same loss as the full-vocabulary head with ``ignore_index=-100``, at ~15% of the
-    output-layer FLOPs and memory (see SPEC section 3).  The cross-entropy is computed in
+    output-layer FLOPs and memory at a 15 % rate (benchmarks/RESULTS.md measures the speed-up).  The cross-entropy is computed in
     float32 when the head runs in bf16/fp16.  With no masked token the loss is an exact 0 that
     still depends on ``hidden`` and the head's parameters (so DDP sees every parameter used).
 
@@ -295,6 +314,7 @@ class SequenceContrastive(nn.Module):
 
     Formula (a reconstruction; VECO 2.0's equations are not public):
         x_i = normalize(proj(pool(src_i))), y_i = normalize(proj(pool(tgt_i)))
+        (``similarity="dot"``: without ``normalize``, as InfoXLM's XLCo)
         L_{x→y} = -(1/N) Σ_i log [ exp(x_i·y_i/τ) / Σ_{c∈C_i} exp(x_i·c/τ) ]
         L_seq = (L_{x→y} + L_{y→x}) / 2  if symmetric, else L_{x→y}
     The candidate set C_i depends on ``negatives``:
@@ -311,12 +331,22 @@ class SequenceContrastive(nn.Module):
                     pointer are buffers, so they are saved in ``state_dict`` and checkpoints.
                     The momentum encoder is the trainer's: a deep copy of the encoder (and of
                     this module, for the projection) updated with :func:`momentum_update`.
+                    InfoXLM's XLCo: K = 131,072, momentum 0.9999 (``seq.momentum``), dot
+                    product (``similarity="dot"``).  Where this class may depart from it: cosine
+                    similarity is the default, and ``symmetric=True`` averages both directions
+                    (``symmetric=False``: source sides as queries, target keys only).
+    :meth:`negatives_per_anchor` gives the number of negatives each anchor sees (logged by the
+    trainer at the start of training).
 
     Options (defaults):
         hidden_size=None: H; needed for ``projection`` and for ``negatives="queue"``.
-        pooling="mean": "mean" over real tokens (XTREME retrieval's pooling) or "cls"
-            (first token, InfoXLM).  Reconstruction.
-        layer=-1: hidden layer the trainer passes (InfoXLM XLCo used layer 8 of 12).
+        pooling="mean": "mean" over the masked-in tokens (XTREME retrieval's pooling over every
+            non-pad token, ``<s>`` and ``</s>`` included, when the trainer's masks include them:
+            ``seq.pool_special_tokens``) or "cls" (first token, InfoXLM).  Reconstruction.
+        layer=-1: hidden layer the trainer passes; the trainer's default is the retrieval layer
+            (2/3 of the depth, ``veco2.xtreme.evaluate.default_layer``), so the loss shapes the
+            layer that retrieval reads (InfoXLM XLCo used layer 8 of 12).
+        similarity="cosine": "cosine" (normalised vectors) or "dot" (InfoXLM).
         projection=None: None (contrast the pooled hidden states themselves) or an output dim
             d; projection_kind="linear_tanh" (tanh(W h + b)) or "mlp" (Linear H→H, ReLU,
             Linear H→d).
@@ -324,15 +354,18 @@ class SequenceContrastive(nn.Module):
             InfoNCE on cosine similarities (SimCSE; sentence-transformers'
             MultipleNegativesRankingLoss scale 20).  InfoXLM used τ = 0.25 with its queue.
         symmetric=True: average the x→y and y→x directions.
-        negatives="in_batch": "in_batch" | "gather" | "queue" (above).
+        negatives="in_batch": "in_batch" | "gather" | "queue" (above).  The trainer's default is
+            "gather" (every process's pairs, as a global batch would have).
         queue_size=131072: K for "queue" (InfoXLM's value; small demos use a few hundred).
-        encoding="separate": "separate" (each side encoded on its own) or "joint" (both sides'
-            hidden states come from the one TLM pass over the concatenated pair and the masks
-            select each side's tokens).  Read by the trainer; this class only sees src/tgt
-            hidden states and masks either way.  With "joint" pooled where the sides attend to
-            each other, the task has a shortcut; the trainer's default keeps the sides of a TLM
-            row apart below its top layer (``mlm.tlm_cross_layers``) and pools there, which
-            costs no extra pass.  Reconstruction, all are offered.
+        encoding="separate": "separate" (each side encoded on its own and unmasked, ``<s> x
+            </s>``, as retrieval encodes it; the trainer's default, InfoXLM's XLCo) or "joint"
+            (both sides' hidden states come from the masked TLM pass over the concatenated
+            pair; the trainer's masks then leave out the positions chosen for MLM, so no
+            ``<mask>`` or corrupted token enters a sentence vector).  Read by the trainer; this
+            class only sees src/tgt hidden states and masks either way.  With "joint" pooled
+            where the sides attend to each other, the task has a shortcut; late fusion
+            (``mlm.tlm_cross_layers``) keeps the sides apart below the top layers, and pooling
+            there costs no extra pass.  Reconstruction, all are offered.
 
     :meth:`embed` gives the pooled, projected, L2-normalised vectors (for retrieval).
 
@@ -354,9 +387,11 @@ class SequenceContrastive(nn.Module):
         queue_size: int = 131072,
         encoding: str = "separate",
         enqueue_in_forward: bool = True,
+        similarity: str = "cosine",
     ):
         super().__init__()
         _check_choice("pooling", pooling, {"mean", "cls"})
+        _check_choice("similarity", similarity, {"cosine", "dot"})
         _check_choice("negatives", negatives, {"in_batch", "gather", "queue"})
         _check_choice("encoding", encoding, {"separate", "joint"})
         if temperature <= 0:
@@ -368,6 +403,8 @@ class SequenceContrastive(nn.Module):
         self.negatives = negatives
         self.encoding = encoding
         self.enqueue_in_forward = enqueue_in_forward
+        self.similarity = similarity
+        self.queue_size = queue_size
         self.projection = _projection_head(hidden_size, projection, projection_kind)
         if negatives == "queue":
             dim = projection if projection is not None else hidden_size
@@ -380,8 +417,27 @@ class SequenceContrastive(nn.Module):
             self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # valid slots
 
     def embed(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[N, T, H]`` hidden states -> ``[N, D]`` pooled, projected, L2-normalised vectors."""
-        return F.normalize(self.projection(pool(hidden, mask, self.pooling)), dim=-1)
+        """``[N, T, H]`` hidden states -> ``[N, D]`` pooled, projected vectors (L2-normalised with
+        ``similarity="cosine"``)."""
+        return self._normalize(self.projection(pool(hidden, mask, self.pooling)))
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
+
+    def negatives_per_anchor(self, local_pairs: int, world_size: int = 1) -> dict[str, int]:
+        """How many negatives one anchor sees per direction: ``{"per_process": ..., "global": ...}``.
+
+        ``per_process``: the candidates that come from this process's own micro-batch (its other
+        pairs); ``global``: every negative of the loss (all processes' pairs for "gather", the
+        full queue for "queue", once it is filled).  Gradient accumulation does not change them:
+        each micro-batch is its own loss.
+        """
+        local = max(local_pairs - 1, 0)
+        if self.negatives == "queue":
+            return {"per_process": 0, "global": self.queue_size}
+        if self.negatives == "gather":
+            return {"per_process": local, "global": max(local_pairs * world_size - 1, 0)}
+        return {"per_process": local, "global": local}
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -390,7 +446,7 @@ class SequenceContrastive(nn.Module):
         The oldest keys are overwritten (wrap-around); if more than K keys arrive at once only
         the last K are kept.
         """
-        keys = F.normalize(_gather_no_grad(keys.detach()), dim=-1).to(self.queue.dtype)
+        keys = self._normalize(_gather_no_grad(keys.detach())).to(self.queue.dtype)
         size, count = self.queue.shape[0], keys.shape[0]
         # Same end state as writing the keys one by one: only the last `size` survive.
         start = self.queue_ptr + max(count - size, 0)
@@ -426,7 +482,7 @@ class SequenceContrastive(nn.Module):
             targets = torch.zeros(n, dtype=torch.long, device=x.device)  # positive in column 0
 
             def direction(queries, positive_keys):
-                positive_keys = F.normalize(positive_keys.detach(), dim=-1)
+                positive_keys = self._normalize(positive_keys.detach())
                 positive = (queries * positive_keys).sum(-1, keepdim=True)
                 logits = torch.cat([positive, queries @ queued.T], dim=1) / self.temperature
                 return F.cross_entropy(_at_least_fp32(logits), targets)
@@ -465,9 +521,18 @@ class TokenContrastive(nn.Module):
         spans ``LongTensor [P, 5]``: one row per dictionary-synonym pair,
             ``(batch_index, src_start, src_end, tgt_start, tgt_end)``, ends exclusive, positions
             in the given hidden tensors (subword spans of the two words).
+        src_ids ``[B, Ts]``, tgt_ids ``[B, Tt]`` (optional): the (unmasked) token ids at those
+            positions, needed by ``exclude_copies``.
         With joint (TLM) encoding the trainer passes the same concatenated hidden tensor as
         src_hidden and tgt_hidden, side-specific valid masks, and spans in concatenated
         positions; the two valid masks must then not overlap.
+
+    Masked input: by default the trainer feeds this loss the clean (unmasked) encoding of the
+    bilingual instance (``tok.encoding=separate``: the same clean pass as the sequence term).
+    When it reads a masked pass instead (``tok.encoding=joint``, or ``mlm.bilingual=separate``),
+    :func:`drop_masked_positions` first removes every position chosen for MLM (``<mask>``,
+    random and kept tokens alike) from the valid masks, and every pair with such a position in
+    its source or target word, so no masked position is an anchor, a positive or a negative.
 
     Formula (a reconstruction; VECO 2.0's equations are not public), for pair p in instance b
     with source word vector a_p and target word vector t_p (pooled subwords, projected,
@@ -483,14 +548,19 @@ class TokenContrastive(nn.Module):
     or to the positive (other anchors of the same positive span), so a word with two
     translations in the instance is not pushed away from either.  With
     ``exclude_other_matched=True`` the tokens of every matched word of the instance (on the
-    side concerned) are left out as well; the default False keeps them as (hard) negatives,
-    following SPEC's default ("the other tokens of y").
+    side concerned) are left out as well; the default False keeps them as (hard) negatives:
+    the VECO 2.0 abstract separates synonyms "from the other unpaired tokens in a bilingual
+    instance".  With ``exclude_copies=True`` (needs the token ids) every other occurrence in the
+    instance, on either side, of the same token-id sequence as the anchor's or the positive's
+    word is left out too: an unmatched copy of the positive word is the same word, not a
+    negative (a false negative otherwise).
 
     Options (defaults):
         hidden_size=None: H, needed only with a projection.
         pooling="mean": word vector = mean of its subword vectors, or "first" subword.
         negatives="other_side": "other_side" | "both_sides" (above).
         exclude_other_matched=False: above.
+        exclude_copies=False: above (the trainer's default is True, ``tok.exclude_copies``).
         temperature=0.1: τ_tok (reconstruction; between SimCSE's 0.05 and InfoXLM's 0.25,
             since the negatives are few and from the same sentence).
         symmetric=True: average both directions.
@@ -519,6 +589,7 @@ class TokenContrastive(nn.Module):
         layer: int = -1,
         projection: int | None = None,
         projection_kind: str = "linear_tanh",
+        exclude_copies: bool = False,
     ):
         super().__init__()
         _check_choice("pooling", pooling, {"mean", "first"})
@@ -528,6 +599,7 @@ class TokenContrastive(nn.Module):
         self.pooling = pooling
         self.negatives = negatives
         self.exclude_other_matched = exclude_other_matched
+        self.exclude_copies = exclude_copies
         self.temperature = temperature
         self.symmetric = symmetric
         self.layer = layer
@@ -552,7 +624,12 @@ class TokenContrastive(nn.Module):
         tgt_hidden: torch.Tensor,
         tgt_valid: torch.Tensor,
         spans: torch.Tensor,
+        *,
+        src_ids: torch.Tensor | None = None,
+        tgt_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.exclude_copies and (src_ids is None or tgt_ids is None):
+            raise ValueError("exclude_copies needs src_ids and tgt_ids")
         if spans.ndim != 2 or spans.shape[1] != 5:
             raise ValueError(f"spans must be [P, 5], got {tuple(spans.shape)}")
         src_tokens = self.projection(src_hidden)
@@ -632,19 +709,76 @@ class TokenContrastive(nn.Module):
         src_valid, tgt_valid = src_valid.bool(), tgt_valid.bool()
         # source -> target: anchor a_k, positive t_k.  On the target side, leave out every target
         # word of the same source word; on the source side, every source word of the same target.
+        tgt_excluded, src_excluded = excluded(same_src, tgt_member), excluded(same_tgt, src_member)
+        if self.exclude_copies:  # and every copy of either word of the pair, on both sides
+            src_ids, tgt_ids = src_ids.to(src_hidden.device), tgt_ids.to(src_hidden.device)
+            src_word_ids = _word_ids(src_ids, src_start, src_end)
+            tgt_word_ids = _word_ids(tgt_ids, tgt_start, tgt_end)
+            for word in (src_word_ids, tgt_word_ids):
+                tgt_excluded = tgt_excluded | _occurrences(*word, tgt_ids, tgt_valid)
+                src_excluded = src_excluded | _occurrences(*word, src_ids, src_valid)
         loss = direction(
             src_words, tgt_words,
-            tgt_unit, tgt_valid, excluded(same_src, tgt_member),
-            src_unit, src_valid, excluded(same_tgt, src_member),
+            tgt_unit, tgt_valid, tgt_excluded,
+            src_unit, src_valid, src_excluded,
         )
         if self.symmetric:
             backward_loss = direction(
                 tgt_words, src_words,
-                src_unit, src_valid, excluded(same_tgt, src_member),
-                tgt_unit, tgt_valid, excluded(same_src, tgt_member),
+                src_unit, src_valid, src_excluded,
+                tgt_unit, tgt_valid, tgt_excluded,
             )
             loss = (loss + backward_loss) / 2
         return loss
+
+
+def _word_ids(ids: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[B, K, M]`` of the word in each slot (M = longest word; -1 past its end) and
+    the word lengths ``[B, K]``."""
+    length = end - start
+    offsets = torch.arange(max(int(length.max()), 1), device=ids.device)
+    positions = (start[..., None] + offsets).clamp(max=ids.shape[1] - 1)
+    words = torch.gather(ids[:, None, :].expand(-1, start.shape[1], -1), 2, positions)
+    return words.masked_fill(offsets >= length[..., None], -1), length
+
+
+def _occurrences(words: torch.Tensor, length: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, K, T]``: the tokens of every occurrence, within ``valid`` tokens of ``ids``, of the
+    token-id sequence of slot k's word (``words``/``length`` from :func:`_word_ids`)."""
+    batch, slots, longest = words.shape
+    width = ids.shape[1]
+    starts_here = torch.ones(batch, slots, width, dtype=torch.bool, device=ids.device)
+    for d in range(longest):  # the word's d-th token at position t + d
+        shifted = torch.full_like(ids, -2)
+        shifted[:, : width - d] = torch.where(valid[:, d:], ids[:, d:], -2)
+        matches = shifted[:, None, :] == words[:, :, d, None]
+        starts_here &= matches | (d >= length)[..., None]
+    starts_here &= (length > 0)[..., None]
+    covered = torch.zeros_like(starts_here)
+    for d in range(longest):
+        covered[..., d:] |= starts_here[..., : width - d] & (d < length)[..., None]
+    return covered
+
+
+def drop_masked_positions(src_valid: torch.Tensor, tgt_valid: torch.Tensor, spans: torch.Tensor,
+                          src_dropped: torch.Tensor, tgt_dropped: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Leave positions chosen for MLM out of the token-level contrast (and its inputs).
+
+    ``src_dropped``/``tgt_dropped`` ``[B, T]``: True at positions chosen for MLM (labels != -100)
+    in the src/tgt hidden tensors of :class:`TokenContrastive`.  Returns the valid masks without
+    those positions (no masked negative) and the spans whose source and target words contain no
+    such position (no masked anchor or positive).
+    """
+    src_dropped, tgt_dropped = src_dropped.bool(), tgt_dropped.bool()
+
+    def touched(dropped, index, start, end):  # any dropped position in [start, end) of row index
+        before = F.pad(torch.cumsum(dropped.long(), dim=1), (1, 0))
+        return (before[index, end] - before[index, start]) > 0
+
+    keep = ~touched(src_dropped, spans[:, 0], spans[:, 1], spans[:, 2])
+    keep &= ~touched(tgt_dropped, spans[:, 0], spans[:, 3], spans[:, 4])
+    return src_valid.bool() & ~src_dropped, tgt_valid.bool() & ~tgt_dropped, spans[keep]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ from .xtreme.evaluate import default_layer
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s by GPU name (SPEC section 3), for MFU.
+# Dense (no sparsity) bf16 peak FLOP/s by GPU name, for MFU: NVIDIA's H100 SXM and H200 datasheets
+# (1,979 TFLOP/s "with sparsity", half of it dense) and the A100 datasheet (312 TFLOP/s).
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
 
 
@@ -178,6 +179,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def log_contrastive_negatives(model: Veco2ForPretraining, local_pairs: int, world_size: int) -> dict | None:
+    """Log (and return) how many negatives each anchor of the sequence term sees, per process and in all."""
+    if model.seq is None:
+        return None
+    counts = {"pairs_per_process": local_pairs, "processes": world_size, "mode": model.seq.negatives,
+              **model.seq.negatives_per_anchor(local_pairs, world_size)}
+    log.info("sequence contrast (negatives=%s): %d pairs per micro-batch and process, %d process(es): %d negatives "
+             "per anchor from this process, %d in all%s", counts["mode"], local_pairs, world_size,
+             counts["per_process"], counts["global"], " (once the queue is full)" if counts["mode"] == "queue" else "")
+    return counts
+
+
 def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
              on_log: Callable[[dict, Veco2ForPretraining], None] | None = None) -> dict:
     """Run (or resume) pre-training; returns the summary.
@@ -213,7 +226,8 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
 
         torch.manual_seed(t.seed)
         encoder = build_encoder(cfg.model, vocab_size=len(tokenizer), pad_token_id=special.pad)
-        model = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=cfg.model.sparse_mlm_head)
+        model = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=cfg.model.sparse_mlm_head,
+                                    retrieval_layer=cfg.evaluation.retrieval_layer)
         fused = t.fused_adamw and accelerator.device.type == "cuda"
         optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas),
                                       **({"fused": True} if fused else {}))
@@ -238,6 +252,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(),
                               t.batch_size, cfg.data.bilingual_ratio, t.seed, cfg.data.bucket_by_length,
                               cfg.data.bucket_window, rank=accelerator.process_index, world=accelerator.num_processes)
+        negatives = log_contrastive_negatives(core, sampler.n_bi, accelerator.num_processes)
         weights = {"mlm": cfg.objectives.mlm.weight, "seq": cfg.objectives.seq.weight, "tok": cfg.objectives.tok.weight}
         if t.tensorboard:
             accelerator.init_trackers("pretrain", config={"name": cfg.name})
@@ -351,13 +366,14 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         state_dict = gather_model_state(model)  # collective: FSDP gathers the shards onto the main process
         if accelerator.is_main_process:
             encoder_state = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
-            summary = finish(cfg, out_dir, core, encoder_state, tokenizer, shards, state, n_params, sharded=sharded)
+            summary = finish(cfg, out_dir, core, encoder_state, tokenizer, shards, state, n_params, sharded=sharded,
+                             negatives=negatives)
         accelerator.wait_for_everyone()
         return summary
 
 
 def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state: dict, tokenizer, shards, state: dict,
-           n_params: int, *, sharded: bool = False) -> dict:
+           n_params: int, *, sharded: bool = False, negatives: dict | None = None) -> dict:
     """Save the final model (from its gathered ``encoder_state``), run the held-out retrieval check,
     write summary.json and DONE.  On the main process only; ``sharded``: ``core`` holds FSDP shards,
     so the check runs on the saved model instead."""
@@ -385,6 +401,7 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state:
         "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
         "median_tokens_per_s": statistics.median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]),
         "median_steps_per_s": statistics.median([m["steps_per_s"] for m in metrics[1:]] or [0.0]),
+        "sequence_negatives": negatives,
         "retrieval": {"layer": layer, "pooling": cfg.evaluation.retrieval_pooling, "accuracy": retrieval},
         "shards": {"languages": shards.manifest["languages"], "mono": shards.num_mono, "bilingual": shards.num_bi},
         "config": cfg.to_dict(),

@@ -14,12 +14,15 @@ The collator (:func:`collate`) builds the tensors :class:`veco2.model.Veco2ForPr
 ``labels``                        MLM labels of the main pass (-100 where not masked)
 ``pair_rows``                     main-pass row of each pair's TLM instance (``mlm.bilingual=tlm``)
 ``joint_src_mask/_tgt_mask``      [N, T_main] content tokens of each side inside the TLM row
+``joint_src_pool/_tgt_pool``      [N, T_main] ``<s> x </s>`` / ``</s> y </s>`` inside the TLM row
+                                  (sentence pooling with ``seq.pool_special_tokens``)
 ``joint_spans``                   [P, 5] synonym spans in TLM-row coordinates
 ``side_ids``                      1 / 2 on the source / target side of a TLM row, else 0
                                   (``mlm.tlm_cross_layers``: sides apart in the lower layers)
 ``clean_input_ids, clean_...``    unmasked sides ``<s> x </s>`` / ``<s> y </s>`` (2N rows), when needed
 ``side_src_rows, side_tgt_rows``  rows of the separately encoded sides (clean pass if present, else main)
-``side_src_mask/_tgt_mask``       [N, T] attention masks of those rows (sentence pooling)
+``side_src_mask/_tgt_mask``       [N, T] attention masks of those rows (``<s> x </s>``: sentence
+                                  pooling over every non-pad token, as retrieval encodes it)
 ``side_src_valid/_tgt_valid``     [N, T] content tokens of those rows (token loss)
 ``side_spans``                    [P, 5] synonym spans in side-row coordinates
 ================================  ===========================================================
@@ -316,7 +319,8 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
     special_mask = (input_ids == bos) | (input_ids == eos) | (input_ids == pad)
     masked, labels = mask_tokens(input_ids, special_mask, mask_token_id=special.mask, vocab_size=special.vocab_size,
                                  rate=cfg.objectives.mlm.rate, mask_prob=cfg.objectives.mlm.mask_prob,
-                                 random_prob=cfg.objectives.mlm.random_prob, generator=generator)
+                                 random_prob=cfg.objectives.mlm.random_prob, generator=generator,
+                                 segment_ids=main.segment_ids)  # at least one masked token per sequence
     batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
     if packing:
         batch["segment_ids"], batch["position_ids"] = main.segment_ids, main.position_ids
@@ -342,6 +346,8 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
             batch["pair_rows"] = torch.arange(first_pair, first_pair + n)
         batch["joint_src_mask"] = _content_mask([1] * n, src_len, width)
         batch["joint_tgt_mask"] = _content_mask(tgt_start, tgt_len, width)
+        batch["joint_src_pool"] = _content_mask([0] * n, [lx + 2 for lx in src_len], width)
+        batch["joint_tgt_pool"] = _content_mask([lx + 2 for lx in src_len], [ly + 2 for ly in tgt_len], width)
         batch["joint_spans"] = _spans([p[2] for p in pairs], [1] * n, tgt_start)
     if needs_clean_pass(cfg):
         clean = _layout([[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt], pad, packing)
