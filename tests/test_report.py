@@ -427,3 +427,33 @@ def test_a_model_without_pretraining_is_a_baseline_row_in_every_table(tree_with_
 
     cost = cost_table(tree)
     assert list(cost.numeric["variant"]) == ["mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok"]  # not pre-trained here
+
+
+def test_demo_results_carry_the_banner_in_every_caption_and_page(tmp_path, full_report):
+    from veco2.report.load import DEMO_BANNER
+
+    assert DEMO_BANNER not in full_report.html.read_text()  # the golden tree is not demo data
+    root = tmp_path / "results"
+    shutil.copytree(TREE, root)
+    path = root / "xtreme" / "mlm" / "xnli" / "seed1" / "results.json"
+    doc = json.loads(path.read_text())
+    doc["data"] = {**(doc.get("data") or {}), "demo": True}  # one run on the packaged demo data is enough
+    path.write_text(json.dumps(doc))
+    outputs = build_report(root, tmp_path / "report")
+    assert f'id="demo-banner"><strong>{DEMO_BANNER}.' in outputs.html.read_text()
+    for name in ("main", "ablation", "cost", "per_language_xnli"):
+        assert (outputs.out_dir / "tables" / f"{name}.md").read_text().startswith("**")
+        assert DEMO_BANNER in (outputs.out_dir / "tables" / f"{name}.md").read_text().splitlines()[0]
+        assert DEMO_BANNER in (outputs.out_dir / "tables" / f"{name}.tex").read_text()
+
+
+def test_loss_curves_plot_each_term_on_its_own_axis_and_not_their_sum(tree):
+    from veco2.report.plots import plot_loss_curves
+
+    fig = plot_loss_curves(tree)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["MLM loss", "sequence contrastive loss", "token contrastive loss"]  # no weighted total
+    mlm_panel = fig.axes[0]
+    lines = {line.get_label(): line for line in mlm_panel.get_lines()}
+    frame = tree.metrics["mlm"]
+    assert list(lines["mlm"].get_ydata()) == list(frame["loss_mlm"])

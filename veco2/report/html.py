@@ -18,7 +18,7 @@ import jinja2
 from veco2.errors import Veco2Error
 from veco2.provenance import git_commit, library_versions
 
-from .load import ResultsTree
+from .load import DEMO_BANNER, ResultsTree
 from .tables import Table
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "reports" / "templates" / "report.html.j2"
@@ -68,6 +68,7 @@ def render_html(tree: ResultsTree, tables: list[Table], figures: list[dict], *, 
                        "data": base64.b64encode(image.read_bytes()).decode("ascii")}
                       for study, info in tree.sweeps.items() for image in info["images"]],
         missing=tree.missing,
+        demo_banner=DEMO_BANNER if tree.demo else None,
         configs=configs,
         provenance=provenance,
         benchmarks=tree.benchmarks.fillna("—").to_dict("records") if not tree.benchmarks.empty else [],

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 ABLATION_VARIANTS: tuple[str, ...] = ("mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok")
 REFERENCE_VARIANT = "mlm"
 
+DEMO_BANNER = "Demo data, tiny models: not comparable with published XTREME numbers"
+
 BENCHMARK_COLUMNS = ("s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time")  # fmt: skip
 
@@ -73,6 +75,8 @@ class ResultsTree:
         missing: human-readable gap descriptions, in a stable order.
         variants: every model with results, in table order: the pre-trained variants, then the
             baselines.
+        demo: some XTREME result records ``data.demo = true`` (the packaged demo task data): every
+            table, the HTML page and the notebook then carry :data:`DEMO_BANNER`.
         baselines: the models scored without a pre-training run of this study (the workflow's
             ``baselines:``, e.g. the hub model a continued pre-training starts from): XTREME
             results under ``xtreme/NAME`` and no ``pretrain/NAME`` directory.
@@ -81,6 +85,7 @@ class ResultsTree:
     root: Path
     variants: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
+    demo: bool = False
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_language: pd.DataFrame = field(default_factory=pd.DataFrame)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -149,6 +154,7 @@ def _load_xtreme(tree: ResultsTree) -> None:
         path = xtreme_dir / variant / task / f"seed{seed}" / "results.json"
         documents[(variant, task, seed)] = doc = read_json(path)
         declared.setdefault(task, set()).update(doc["languages"])
+        tree.demo = tree.demo or bool((doc.get("data") or {}).get("demo"))
     tree.languages = {t: [lang for lang in OFFICIAL_LANGUAGES[t] if lang in declared[t]]
                       + sorted(declared[t] - set(OFFICIAL_LANGUAGES[t])) for t in TASKS if t in declared}
 

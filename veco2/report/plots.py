@@ -33,7 +33,9 @@ BAR_COLOURS = ("#D9D9D9",) + COLOURS[1:]  # a light first bar keeps its black er
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)), (0, (3, 1, 3, 3)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-LOSS_TERMS = {"loss": "total loss", "loss_mlm": "MLM loss", "loss_seq": "sequence contrastive loss",
+# One panel per objective term.  The logged total ("loss") is left out: it sums terms of different
+# scales with the variant's weights, so its curves are not comparable across variants.
+LOSS_TERMS = {"loss_mlm": "MLM loss", "loss_seq": "sequence contrastive loss",
               "loss_tok": "token contrastive loss"}  # fmt: skip
 
 

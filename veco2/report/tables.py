@@ -44,7 +44,7 @@ from veco2.errors import ConfigError
 from veco2.fileio import write_text
 from veco2.xtreme.aggregate import CATEGORIES, QA_TASKS, RETRIEVAL_TASKS, TASKS
 
-from .load import REFERENCE_VARIANT, ResultsTree
+from .load import DEMO_BANNER, REFERENCE_VARIANT, ResultsTree
 
 MISSING = "—"  # a value that should exist but does not (a gap in the results tree)
 NOT_REPORTED = "n/r"  # a published reference row that does not report this column
@@ -533,4 +533,7 @@ def build_tables(tree: ResultsTree, *, decimals: int = 1) -> list[Table]:
     """Every table of the report: main, ablation, cost, then one per-language table per task present."""
     tables = [main_table(tree, decimals=decimals), ablation_table(tree, decimals=decimals), cost_table(tree)]
     tables += [per_language_table(tree, task, decimals=decimals) for task in TASKS if task in tree.languages]
+    if tree.demo:  # the caption of every Markdown / LaTeX / HTML table says so
+        for table in tables:
+            table.title = f"{table.title}. {DEMO_BANNER}"
     return tables

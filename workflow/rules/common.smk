@@ -178,14 +178,14 @@ def gpu_count(resources):
 
 
 def launcher(wildcards, resources):
-    """The command prefix of a GPU job: pinned to its own device(s) by veco2.devices, and run as
+    """The command prefix (a list of arguments) of a GPU job: pinned to its own device(s) by veco2.devices, and run as
     `accelerate launch` with one process per GPU (DDP) when the profile gives it several."""
     gpus = gpu_count(resources)
-    pin = f"python -m veco2.devices --count {max(gpus, 1)} --"
+    pin = ["python", "-m", "veco2.devices", "--count", str(max(gpus, 1)), "--"]
     if gpus > 1:
-        return (f"{pin} accelerate launch --multi_gpu --num_machines 1 --num_processes {gpus}"
-                " --main_process_port 0 -m veco2.cli")
-    return f"{pin} veco2"
+        return [*pin, "accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),
+                "--main_process_port", "0", "-m", "veco2.cli"]
+    return [*pin, "veco2"]
 
 
 def model_inputs(wildcards):

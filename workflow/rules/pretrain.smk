@@ -33,5 +33,5 @@ rule pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{variant}}.tsv"
     shell:
-        "{params.launch} pretrain --config {input.preset:q} --config {input.ablation:q}"
+        "{params.launch:q} pretrain --config {input.preset:q} --config {input.ablation:q}"
         " --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"

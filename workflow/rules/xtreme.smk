@@ -24,7 +24,7 @@ rule finetune:
     benchmark:
         f"{BENCH}/finetune/{{variant}}/{{task}}/seed{{seed}}.tsv"
     shell:
-        "{params.launch} finetune --task {wildcards.task:q} --model {params.model:q}"
+        "{params.launch:q} finetune --task {wildcards.task:q} --model {params.model:q}"
         " --seeds {wildcards.seed:q} --out {params.out:q} {params.args:q} > {log:q} 2>&1"
 
 
@@ -50,5 +50,5 @@ rule evaluate_retrieval:
     benchmark:
         f"{BENCH}/evaluate_retrieval/{{variant}}/{{task}}.tsv"
     shell:
-        "{params.launch} evaluate --task {wildcards.task:q} --model {params.model:q}"
+        "{params.launch:q} evaluate --task {wildcards.task:q} --model {params.model:q}"
         " --out {params.out:q} {params.args:q} > {log:q} 2>&1"
