@@ -117,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", help="output directory (default results/pretrain/NAME)")
     pretrain.set_defaults(func=cmd_pretrain)
 
-    from . import bench, sweep_cli
+    from . import bench_cli, sweep_cli
     from .report import cli as report_cli
     from .xtreme import cli as xtreme_cli
 
     xtreme_cli.register(commands)
     report_cli.register(commands)
     sweep_cli.register(commands)
-    bench.register(commands)
+    bench_cli.register(commands)
     return parser
 
 
