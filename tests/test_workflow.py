@@ -50,17 +50,18 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def expected_counts(n_variants: int, n_seeds: int, prefetch: bool) -> dict[str, int]:
+def expected_counts(n_variants: int, n_seeds: int, prefetch: bool, n_baselines: int = 0) -> dict[str, int]:
     finetune_tasks, retrieval_tasks = 7, 2  # xnli pawsx udpos panx xquad mlqa tydiqa | bucc2018 tatoeba
-    counts = {"prepare_data": 1, "pretrain": n_variants, "finetune": n_variants * finetune_tasks * n_seeds,
-              "evaluate_retrieval": n_variants * retrieval_tasks, "report": 1, "all": 1}
+    models = n_variants + n_baselines  # baselines are fine-tuned and scored, never pre-trained
+    counts = {"prepare_data": 1, "pretrain": n_variants, "finetune": models * finetune_tasks * n_seeds,
+              "evaluate_retrieval": models * retrieval_tasks, "report": 1, "all": 1}
     if prefetch:
         counts["prefetch_xtreme"] = 1
     counts["total"] = sum(counts.values())
     return counts
 
 
-SCALES = {"demo": (1, False), "small": (3, True), "base": (3, True), "large": (3, True)}
+SCALES = {"demo": (1, False, 0), "small": (3, True, 0), "base": (3, True, 1), "large": (3, True, 1)}
 
 
 @pytest.mark.parametrize("profile", ["default", "ci", "slurm"])
@@ -71,12 +72,12 @@ def test_dry_run_plans_the_full_dag(scale, profile, tmp_path):
     if profile == "slurm" and not HAS_SLURM_PLUGIN:
         args += ["--executor", "local"]  # plan with the profile's resources, without the plugin
     proc = snakemake(*args)
-    seeds, prefetch = SCALES[scale]
-    assert job_counts(proc.stdout) == expected_counts(len(VARIANTS), seeds, prefetch)
+    seeds, prefetch, baselines = SCALES[scale]
+    assert job_counts(proc.stdout) == expected_counts(len(VARIANTS), seeds, prefetch, baselines)
     if profile == "slurm" and scale == "base":
-        # GPU rules ask Slurm for one GPU through gres (not `gpu` as well: the plugin refuses both).
+        # GPU rules ask Slurm for GPUs through gres (not `gpu` as well: the plugin refuses both).
         pretrain_block = proc.stdout.split("rule pretrain:", 1)[1].split("\n\n", 1)[0]
-        assert "gres=gpu:1" in pretrain_block and "slurm_partition=gpu" in pretrain_block
+        assert "gres=gpu:4" in pretrain_block and "slurm_partition=gpu" in pretrain_block
 
 
 def test_adding_an_ablation_file_adds_a_variant(tmp_path):

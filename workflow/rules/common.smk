@@ -84,7 +84,7 @@ def discover_baselines():
     found = {}
     for entry in config["baselines"]:
         model = entry if isinstance(entry, str) else entry["model"]
-        name = entry["name"] if isinstance(entry, dict) and entry.get("name") else model.rstrip("/").split("/")[-1]
+        name = entry["name"] if isinstance(entry, dict) and entry.get("name") else Path(model).name
         if name in VARIANTS or name in found:
             raise WorkflowError(f"baselines: the name {name!r} ({model}) is taken by "
                                 f"{'a variant' if name in VARIANTS else found[name]}; give it a `name:`")
