@@ -27,7 +27,10 @@ VARIANTS = sorted(p.stem for p in (REPO / "ablations").glob("*.yaml"))
 def planned_commands(tmp_path: Path, *args: str) -> list[list[str]]:
     """The argument vectors of every `veco2 ...` job of a dry run (after the device/launch prefix,
     without the log redirection)."""
-    proc = snakemake("-n", "-p", "--directory", str(tmp_path), *args)
+    return shell_commands(snakemake("-n", "-p", "--directory", str(tmp_path), *args))
+
+
+def shell_commands(proc) -> list[list[str]]:
     commands = []
     for line in proc.stdout.splitlines():
         if not line.startswith("Shell command: "):
@@ -73,6 +76,21 @@ def finetune_jobs(commands, subcommand="finetune"):
     return jobs
 
 
+@pytest.fixture(scope="module")
+def scale_commands(tmp_path_factory):
+    """``scale -> planned commands`` of `snakemake -n -p --configfile config/SCALE.yaml` (default
+    profile), one dry run per scale shared by the tests of this module."""
+    cache = {}
+
+    def commands(scale: str) -> list[list[str]]:
+        if scale not in cache:
+            cache[scale] = planned_commands(tmp_path_factory.mktemp(scale), "--configfile",
+                                            str(REPO / "config" / f"{scale}.yaml"))
+        return cache[scale]
+
+    return commands
+
+
 def scale_config(scale: str) -> dict:
     return yaml.safe_load((REPO / "config" / f"{scale}.yaml").read_text())
 
@@ -88,8 +106,8 @@ EXPECTED_PRETRAIN = {
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_pretrain_jobs_run_their_scale_preset_and_nothing_else(scale, tmp_path):
-    jobs = pretrain_jobs(planned_commands(tmp_path, "--configfile", str(REPO / "config" / f"{scale}.yaml")))
+def test_pretrain_jobs_run_their_scale_preset_and_nothing_else(scale, scale_commands):
+    jobs = pretrain_jobs(scale_commands(scale))
     assert sorted(jobs) == VARIANTS
     preset = REPO / scale_config(scale)["pretrain"]["preset"]
     scale_overrides = scale_config(scale)["pretrain"]["overrides"]
@@ -115,8 +133,8 @@ def test_pretrain_jobs_run_their_scale_preset_and_nothing_else(scale, tmp_path):
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, tmp_path):
-    jobs = finetune_jobs(planned_commands(tmp_path, "--configfile", str(REPO / "config" / f"{scale}.yaml")))
+def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, scale_commands):
+    jobs = finetune_jobs(scale_commands(scale))
     config = scale_config(scale)
     models = VARIANTS + [m.split("/")[-1] for m in config["baselines"]]
     tasks = [t for t in config["tasks"] if get_task(t).family != "retrieval"]
@@ -147,8 +165,8 @@ def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, tmp_path)
     assert seen == expected_models
 
 
-def test_baselines_are_fine_tuned_and_scored_by_name_without_pretraining(tmp_path):
-    commands = planned_commands(tmp_path, "--configfile", str(REPO / "config" / "base.yaml"))
+def test_baselines_are_fine_tuned_and_scored_by_name_without_pretraining(scale_commands):
+    commands = scale_commands("base")
     assert sorted(pretrain_jobs(commands)) == VARIANTS  # no pre-training job for the baseline
     finetunes = [args for _, args in finetune_jobs(commands) if option_values(args, "--model") == ["xlm-roberta-base"]]
     assert {option_values(a, "--task")[0] for a in finetunes} == {"xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa"}
@@ -191,7 +209,7 @@ def test_slurm_profile_requests_the_gpus_the_jobs_launch_on(tmp_path):
     proc = snakemake("-n", "-p", "--directory", str(tmp_path), *args)
     pretrain_block = proc.stdout.split("rule pretrain:", 1)[1].split("\n\n", 1)[0]
     assert "gres=gpu:4" in pretrain_block
-    commands = planned_commands(tmp_path, *args)
+    commands = shell_commands(proc)
     for prefix, _configs, _overrides in pretrain_jobs(commands).values():
         assert option_values(prefix, "--num_processes") == ["4"] and option_values(prefix, "--count") == ["4"]
     for prefix, _ in finetune_jobs(commands):
