@@ -77,3 +77,32 @@ def test_every_ablation_file_is_a_valid_config():
         assert cfg.name == path.stem
         names.add(cfg.name)
     assert {"mlm", "mlm_seq", "mlm_tok", "mlm_seq_tok"} <= names
+
+
+def test_one_weights_hash_ignores_exactly_the_bookkeeping_settings():
+    import dataclasses
+
+    from veco2.config import Config, weights_hash
+
+    def bookkeeping(section, prefix=""):
+        found = set()
+        for f in dataclasses.fields(section):
+            name = f"{prefix}{f.name}"
+            if not f.metadata.get("affects_weights", True):
+                found.add(name)
+            elif dataclasses.is_dataclass(getattr(section, f.name)):
+                found |= bookkeeping(getattr(section, f.name), f"{name}.")
+        return found
+
+    assert bookkeeping(Config()) == {
+        "name", "description", "evaluation", "data.num_workers", "training.compile", "training.checkpoint_every",
+        "training.keep_checkpoints", "training.checkpoint_dir", "training.log_every", "training.max_nonfinite_skips",
+        "training.tensorboard", "training.peak_flops"}
+    base = weights_hash(load_config())
+    changed = load_config(overrides=["name=other", "training.compile=true", "training.log_every=1",
+                                     "training.checkpoint_every=7", "training.checkpoint_dir=/elsewhere",
+                                     "evaluation.heldout_pairs=3", "data.num_workers=2", "training.tensorboard=false"])
+    assert weights_hash(changed) == base  # a resumed run may change all of these
+    for override in ("training.lr=0.1", "training.seed=5", "objectives.seq.weight=0.5", "data.max_length=32",
+                     "model.size=small"):
+        assert weights_hash(load_config(overrides=[override])) != base, override

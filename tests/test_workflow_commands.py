@@ -227,3 +227,26 @@ def test_each_scale_sweeps_its_own_study(scale, tmp_path):
     for args in workers:
         assert Path(option_values(args, "--config")[0]).resolve() == (REPO / spec["config"]).resolve()
         assert option_values(args, "--out") == [f"results/{scale}/sweeps/{study}"]
+
+
+def test_a_bookkeeping_override_keeps_the_checkpoint_directory(tmp_path):
+    """The workflow names checkpoint directories by the same weights hash the trainer checks before
+    it resumes: turning on torch.compile or logging more often must not start a run afresh."""
+    config = scale_config("demo")
+    config["pretrain"]["overrides"] = {**config["pretrain"]["overrides"], "training.compile": True,
+                                       "training.log_every": 5, "objectives.seq.temperature": 0.5}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plain = pretrain_jobs(planned_commands(tmp_path / "a", "--configfile", str(REPO / "config" / "demo.yaml")))
+    edited = pretrain_jobs(planned_commands(tmp_path / "b", "--configfile", str(path)))
+
+    def checkpoint_dirs(jobs):
+        return {v: next(o for o in overrides if o.startswith("training.checkpoint_dir=")) for v, (_, _, overrides) in jobs.items()}
+
+    # The temperature is part of every variant's resolved config (weights setting): every directory
+    # changes.  compile and log_every alone change none.
+    config["pretrain"]["overrides"].pop("objectives.seq.temperature")
+    path.write_text(yaml.safe_dump(config))
+    bookkeeping_only = pretrain_jobs(planned_commands(tmp_path / "c", "--configfile", str(path)))
+    assert checkpoint_dirs(bookkeeping_only) == checkpoint_dirs(plain)
+    assert all(checkpoint_dirs(edited)[v] != checkpoint_dirs(plain)[v] for v in plain)

@@ -28,6 +28,15 @@ import yaml
 
 from .errors import ConfigError
 
+#: Field metadata of a setting that does not change the trained weights (where checkpoints go, how
+#: often to log, what to evaluate afterwards ...): it may change between a run and its resumption,
+#: and it is left out of :func:`weights_hash`.
+KEEPS_WEIGHTS = {"affects_weights": False}
+
+
+def _bookkeeping(default: Any) -> Any:
+    return field(default=default, metadata=KEEPS_WEIGHTS)
+
 # ----------------------------------------------------------------------------------------------
 # Sections
 
@@ -75,7 +84,7 @@ class DataConfig:
     """How many batches' worth of instances are sorted together when bucketing."""
     shard_dir: str | None = None
     """Where the pre-tokenized shards live (default: ``<out_dir>/shards``)."""
-    num_workers: int = 0
+    num_workers: int = _bookkeeping(0)
 
 
 @dataclass
@@ -186,16 +195,16 @@ class TrainingConfig:
     clip_grad_norm: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     fused_adamw: bool = False
-    compile: bool = False
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    checkpoint_dir: str | None = None
+    compile: bool = _bookkeeping(False)
+    checkpoint_every: int = _bookkeeping(50)
+    keep_checkpoints: int = _bookkeeping(2)
+    checkpoint_dir: str | None = _bookkeeping(None)
     """Rolling checkpoints (default ``<out_dir>/checkpoints``); resume is automatic."""
-    log_every: int = 10
-    max_nonfinite_skips: int = 5
+    log_every: int = _bookkeeping(10)
+    max_nonfinite_skips: int = _bookkeeping(5)
     """Steps with a NaN/inf loss or gradient that are skipped (with a warning) before training stops."""
-    tensorboard: bool = True
-    peak_flops: float | None = None
+    tensorboard: bool = _bookkeeping(True)
+    peak_flops: float | None = _bookkeeping(None)
     """Dense peak FLOP/s of the device for MFU (default: looked up from the GPU name)."""
 
 
@@ -210,16 +219,36 @@ class EvaluationConfig:
 
 @dataclass
 class Config:
-    name: str = "unnamed"
-    description: str = ""
+    name: str = _bookkeeping("unnamed")
+    description: str = _bookkeeping("")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata=KEEPS_WEIGHTS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def weight_settings(section: Any) -> dict[str, Any]:
+    """The settings of ``section`` (a config dataclass) that decide the trained weights: every field
+    except those marked :data:`KEEPS_WEIGHTS`, recursively."""
+    out = {}
+    for f in dataclasses.fields(section):
+        if not f.metadata.get("affects_weights", True):
+            continue
+        value = getattr(section, f.name)
+        out[f.name] = weight_settings(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def weights_hash(cfg: Config) -> str:
+    """One hash for "the same weights": a checkpoint resumes (veco2.trainer) and the workflow keeps
+    its checkpoint directory (workflow/rules/common.smk) exactly when this hash is unchanged."""
+    from .provenance import config_hash
+
+    return config_hash(weight_settings(cfg))
 
 
 # ----------------------------------------------------------------------------------------------

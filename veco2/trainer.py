@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import checkpoints, export_encoder, gather_model_state, load_checkpoint, save_checkpoint
-from .config import Config, save_config
+from .config import Config, save_config, weights_hash
 from .data.batching import SpecialTokens, StepBatches, StepSampler, sequence_lengths, step_seed
 from .data.corpus import Corpus
 from .data.shards import PretrainingShards, build_shards
@@ -94,18 +94,10 @@ def prepare_data(cfg: Config, out_dir: str | Path) -> tuple[object, PretrainingS
 # Checkpoints
 
 
-# Settings that may change between a run and its resumption: they do not change the weights.
-RESUMABLE_KEYS = {"name", "description", "evaluation"}
-RESUMABLE_TRAINING_KEYS = {"checkpoint_every", "keep_checkpoints", "checkpoint_dir", "log_every", "tensorboard",
-                           "max_nonfinite_skips", "peak_flops", "compile"}
-
-
 def resume_hash(cfg: Config) -> str:
-    """Hash of the settings a checkpoint must share with the run that resumes it."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
-    settings["training"] = {k: v for k, v in settings["training"].items() if k not in RESUMABLE_TRAINING_KEYS}
-    settings["data"] = {k: v for k, v in settings["data"].items() if k != "num_workers"}
-    return config_hash(settings)
+    """Hash of the settings a checkpoint must share with the run that resumes it (the settings that
+    decide the weights; :func:`veco2.config.weights_hash`)."""
+    return weights_hash(cfg)
 
 
 def _rewind_metrics(path: Path, step: int) -> None:

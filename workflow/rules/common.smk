@@ -13,8 +13,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from veco2.config import load_config
-from veco2.provenance import config_hash
+from veco2.config import load_config, weights_hash
 from veco2.xtreme.data import DEMO_ROOT
 from veco2.xtreme.finetune import resolve_hyperparameters
 from veco2.xtreme.registry import get_task
@@ -111,15 +110,13 @@ DATA_SETTINGS = json.dumps(_preset_config.to_dict()["data"], sort_keys=True)
 
 
 def variant_config_hash(variant):
-    """Hash of a variant's resolved pre-training config.  Rolling checkpoints live in a directory
-    named by it, so an edited ablation file starts afresh instead of resuming the old run's
-    checkpoints (which the trainer would otherwise pick up).  Loading the config here also makes a
-    bad key in an ablation file or in pretrain.overrides fail at parse time, naming the key."""
-    cfg = load_config(PRESET, ablation_file(variant), overrides=override_args(PRETRAIN_OVERRIDES)).to_dict()
-    for key in ("checkpoint_dir", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard"):
-        cfg["training"].pop(key, None)  # bookkeeping that does not change the trained weights
-    cfg.pop("description", None)
-    return config_hash(cfg)
+    """The weights hash of a variant's resolved pre-training config (veco2.config.weights_hash, the
+    same hash the trainer checks before it resumes).  Rolling checkpoints live in a directory named
+    by it, so an edited ablation file starts afresh instead of resuming the old run's checkpoints,
+    while a bookkeeping change (logging, checkpoint interval, compile) keeps them.  Loading the
+    config here also makes a bad key in an ablation file or in pretrain.overrides fail at parse
+    time, naming the key."""
+    return weights_hash(load_config(PRESET, ablation_file(variant), overrides=override_args(PRETRAIN_OVERRIDES)))
 
 
 VARIANT_HASH = {variant: variant_config_hash(variant) for variant in VARIANTS}
