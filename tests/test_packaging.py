@@ -96,3 +96,38 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert commands == ["make demo", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_a_non_editable_install_reports_from_outside_the_checkout(tmp_path):
+    """`pip install .` (not -e): the wheel carries the report template, the task registry and the demo
+    data, and `veco2 report` works from a directory that is not the checkout."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import shutil
+
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(ROOT / "veco2", source / "veco2", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(wheels), str(source)], check=True, capture_output=True, timeout=600)
+    (wheel,) = wheels.glob("veco2-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"veco2/report/templates/report.html.j2", "veco2/report/reference_rows.yaml",
+            "veco2/xtreme/tasks/xnli.yaml"} <= names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)  # the installed copy first; dependencies from this environment
+    code = ("import sys, veco2, veco2.cli; assert veco2.__file__.startswith(sys.argv[1]), veco2.__file__; "
+            "sys.exit(veco2.cli.main(['report', sys.argv[2], '--out', 'report']))")
+    done = subprocess.run([sys.executable, "-c", code, str(site), str(ROOT / "tests" / "data" / "results_tree")],
+                          cwd=outside, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "XTREME zero-shot cross-lingual transfer results" in (outside / "report" / "report.html").read_text()

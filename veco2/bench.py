@@ -84,7 +84,11 @@ from .model import Veco2ForPretraining, build_encoder, flops_per_token
 from .provenance import provenance, sha256_file
 from .trainer import PEAK_FLOPS
 
-REPO = Path(__file__).resolve().parent.parent
+# A benchmark runs from a veco2 checkout: variants are ablation files, results land in the
+# checkout's benchmarks/results/ (paths relative to the working directory, not to the package, so
+# that an installed veco2 reads the user's files).
+ABLATIONS = Path("ablations")
+RESULTS = Path("benchmarks") / "results"
 
 # Options of veco2's system unless a spec overrides them (they are also the config defaults; listed
 # so that a benchmark records them explicitly).  Packing without length bucketing leaves ~1.5% padding on the demo corpus (bucketing + packing: 4-11%, since rows of
@@ -194,9 +198,10 @@ class SystemSpec:
 
 
 def _apply_overrides(variant: str, overrides: list[str]) -> Config:
-    path = REPO / "ablations" / f"{variant}.yaml"
+    path = Path(variant) if variant.endswith(".yaml") else ABLATIONS / f"{variant}.yaml"
     if not path.exists():
-        raise Veco2Error(f"objective variant {variant!r}: {path} not found")
+        raise Veco2Error(f"objective variant {variant!r}: {path} not found (run from the veco2 checkout, or "
+                         "pass the ablation file's path)")
     cfg = load_config(path, overrides=overrides)
     return cfg
 
@@ -466,7 +471,7 @@ def _ratio_rounds(result: dict, numerator: str, denominator: str) -> float:
 
 
 def write_report(name: str, args, payload: dict) -> Path:
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{name}.json"
+    out = Path(args.out) if args.out else RESULTS / f"{name}.json"
     load = os.getloadavg()
     record = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv),
@@ -573,9 +578,9 @@ def cmd_retrieval(args) -> None:
 
 
 def cmd_mining(args) -> None:
-    script = REPO / "benchmarks" / "mining_vs_tokenization.py"
+    script = Path("benchmarks") / "mining_vs_tokenization.py"
     if not script.exists():
-        raise Veco2Error(f"{script}: not found (it ships with the veco2 source tree)")
+        raise Veco2Error(f"{script}: not found (run from the veco2 checkout: it ships with the source tree)")
     command = [sys.executable, str(script), "--pairs", str(args.pairs), "--repeats", str(args.repeats)]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
                                           "self-contained report.html.")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="one scale's results directory, e.g. results/demo")
     p.add_argument("--out", default=None, help="output directory (default RESULTS_DIR/report)")
-    p.add_argument("--template", default=None, help="Jinja2 template (default reports/templates/report.html.j2)")
+    p.add_argument("--template", default=None, help="Jinja2 template (default: the one shipped in veco2/report/templates/)")
     p.add_argument("--decimals", type=int, default=1, help="digits shown in the tables (default 1; CSV keeps all)")
     p.set_defaults(func=run)
 

@@ -1,4 +1,4 @@
-"""The self-contained HTML report: Jinja2 template ``reports/templates/report.html.j2``.
+"""The self-contained HTML report: Jinja2 template ``veco2/report/templates/report.html.j2`` (package data).
 
 Self-contained means no request leaves the file: CSS is inline, figures are embedded as
 base64 ``data:`` PNGs, nothing references an ``http(s)://`` URL.  Text from the results tree
@@ -21,7 +21,7 @@ from veco2.provenance import git_commit, library_versions
 from .load import DEMO_BANNER, ResultsTree
 from .tables import Table
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "reports" / "templates" / "report.html.j2"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"  # installed with the package
 
 # A src/href/url() that would make the browser fetch something over the network.
 EXTERNAL_REFERENCE = re.compile(r"""(?:\b(?:src|href|action|poster|data)\s*=\s*["']?\s*|url\(\s*["']?\s*)"""
@@ -41,7 +41,7 @@ def render_html(tree: ResultsTree, tables: list[Table], figures: list[dict], *, 
         tree: the loaded results (config + provenance of every run, the gap list).
         tables: :func:`veco2.report.tables.build_tables` output.
         figures: ``{"name", "caption", "png": bytes}`` per figure.
-        template: a Jinja2 template path (default: the repository's ``reports/templates/report.html.j2``).
+        template: a Jinja2 template path (default: :data:`DEFAULT_TEMPLATE`, shipped with the package).
     """
     path = Path(template) if template else DEFAULT_TEMPLATE
     if not path.is_file():
