@@ -11,10 +11,18 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from .errors import Veco2Error
+
+
+def plain_text(docstring: str) -> str:
+    """A docstring as ``--help`` text: reStructuredText roles (``:mod:`x```), double backticks and the
+    ``::`` of literal blocks become plain text."""
+    text = re.sub(r":(?:mod|func|class|data|meth|attr):`~?([^`]+)`", r"\1", docstring)
+    return text.replace("``", "").replace("::\n", ":\n")
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +102,7 @@ def _version_line() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="veco2", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="veco2", description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--version", action=_PrintVersion, help="print the versions of veco2 and its main libraries")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--log-level", default=os.environ.get("VECO2_LOG_LEVEL", "INFO"))

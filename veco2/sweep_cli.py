@@ -37,9 +37,11 @@ def cmd_sweep(args) -> None:
 
 def register(subparsers) -> None:
     """Add ``veco2 sweep`` to the ``veco2`` command's sub-parsers."""
+    from .cli import plain_text
+
     parser = subparsers.add_parser(
         "sweep", help="run one Optuna worker of a hyper-parameter study (τ, λ, ...) and write its report",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True, help="study name (shared by all workers of the study)")
     parser.add_argument("--trials", type=int, default=6,
                         help="finished trials (complete or pruned) this worker name must have in the study (default 6)")
