@@ -457,3 +457,26 @@ def test_loss_curves_plot_each_term_on_its_own_axis_and_not_their_sum(tree):
     lines = {line.get_label(): line for line in mlm_panel.get_lines()}
     frame = tree.metrics["mlm"]
     assert list(lines["mlm"].get_ydata()) == list(frame["loss_mlm"])
+
+
+def test_an_added_variant_is_in_every_table_and_the_reference_is_a_setting(tmp_path):
+    """A copied ablation file runs as one more variant (pretrain/, xtreme/, a benchmark file): every
+    table has its row, and the variant deltas are taken against `reference` (report.reference)."""
+    root = tmp_path / "results"
+    shutil.copytree(TREE, root)
+    for part in ("pretrain", "xtreme"):
+        shutil.copytree(root / part / "mlm_seq", root / part / "mlm_seq_half")
+    shutil.copy(root / "benchmarks" / "pretrain" / "mlm_seq.tsv", root / "benchmarks" / "pretrain" / "mlm_seq_half.tsv")
+    tree = load_results(root)
+    assert "mlm_seq_half" in tree.variants and tree.baselines == []
+    for table in (main_table(tree, references=False), ablation_table(tree), cost_table(tree),
+                  per_language_table(tree, "xnli")):
+        assert "mlm_seq_half" in set(table.numeric.iloc[:, 0]), table.name
+    assert _row(ablation_table(tree).numeric, "variant", "mlm_seq_half")["XNLI Δ"] == pytest.approx(2.0)
+
+    against_seq = load_results(root, reference="mlm_seq")
+    table = ablation_table(against_seq)
+    assert table.title == "Ablation of the alignment objectives (Δ against mlm_seq)"
+    assert _row(table.numeric, "variant", "mlm")["XNLI Δ"] == pytest.approx(-2.0)
+    assert _row(table.numeric, "variant", "mlm_seq_half")["XNLI Δ"] == pytest.approx(0.0)
+    assert _row(cost_table(against_seq).numeric, "variant", "mlm")["relative_cost"] == pytest.approx(0.8)

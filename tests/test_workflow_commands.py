@@ -250,3 +250,14 @@ def test_a_bookkeeping_override_keeps_the_checkpoint_directory(tmp_path):
     bookkeeping_only = pretrain_jobs(planned_commands(tmp_path / "c", "--configfile", str(path)))
     assert checkpoint_dirs(bookkeeping_only) == checkpoint_dirs(plain)
     assert all(checkpoint_dirs(edited)[v] != checkpoint_dirs(plain)[v] for v in plain)
+
+
+def test_the_report_takes_its_reference_variant_from_the_config(scale_commands, tmp_path):
+    (report,) = [args for argv in scale_commands("demo") for _, args in [veco2_argv(argv)] if args[:1] == ["report"]]
+    assert option_values(report, "--reference") == ["mlm"]
+    config = scale_config("demo")
+    config["report"]["reference"] = "mlm_sq"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(path), check=False)
+    assert proc.returncode != 0 and "report.reference: 'mlm_sq' is not a variant" in proc.stdout + proc.stderr

@@ -36,7 +36,7 @@ class ReportOutputs:
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *, template: str | Path | None = None,
-                 decimals: int = 1) -> ReportOutputs:
+                 decimals: int = 1, reference: str | None = None) -> ReportOutputs:
     """Write the full report of ``results_dir`` into ``out_dir`` (default ``results_dir/report``).
 
     Outputs: ``tables/{main,ablation,cost,per_language_TASK}.{csv,md,tex}``,
@@ -49,7 +49,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *, 
 
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir else results_dir / "report"
-    tree = load_results(results_dir)
+    tree = load_results(results_dir, **({"reference": reference} if reference else {}))
     tables = build_tables(tree, decimals=decimals)
     table_paths = [path for table in tables for path in table.write(out_dir / "tables")]
 

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="one scale's results directory, e.g. results/demo")
     p.add_argument("--out", default=None, help="output directory (default RESULTS_DIR/report)")
     p.add_argument("--template", default=None, help="Jinja2 template (default: the one shipped in veco2/report/templates/)")
+    p.add_argument("--reference", default=None,
+                   help="the variant every ablation delta is taken against (default mlm)")
     p.add_argument("--decimals", type=int, default=1, help="digits shown in the tables (default 1; CSV keeps all)")
     p.set_defaults(func=run)
 
@@ -24,7 +26,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from . import build_report
 
-    outputs = build_report(args.results_dir, args.out, template=args.template, decimals=args.decimals)
+    outputs = build_report(args.results_dir, args.out, template=args.template, decimals=args.decimals,
+                           reference=args.reference)
     if outputs.missing:
         print(f"veco2 report: warning: {len(outputs.missing)} gap(s) in the results (see {outputs.missing_file}):",
               file=sys.stderr)

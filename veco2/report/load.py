@@ -75,6 +75,8 @@ class ResultsTree:
         missing: human-readable gap descriptions, in a stable order.
         variants: every model with results, in table order: the pre-trained variants, then the
             baselines.
+        reference: the variant every ablation delta is taken against (the workflow's
+            ``report.reference``, default :data:`REFERENCE_VARIANT`).
         demo: some XTREME result records ``data.demo = true`` (the packaged demo task data): every
             table, the HTML page and the notebook then carry :data:`DEMO_BANNER`.
         baselines: the models scored without a pre-training run of this study (the workflow's
@@ -86,6 +88,7 @@ class ResultsTree:
     variants: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     demo: bool = False
+    reference: str = REFERENCE_VARIANT
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_language: pd.DataFrame = field(default_factory=pd.DataFrame)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -105,7 +108,7 @@ def order_variants(names) -> list[str]:
     return [v for v in ABLATION_VARIANTS if v in names] + sorted(names - set(ABLATION_VARIANTS))
 
 
-def load_results(root: str | Path) -> ResultsTree:
+def load_results(root: str | Path, *, reference: str = REFERENCE_VARIANT) -> ResultsTree:
     """Load ``root`` (one scale's results directory) into a :class:`ResultsTree`.
 
     Raises :class:`InputError` when ``root`` is not a directory or holds none of the known parts;
@@ -114,7 +117,7 @@ def load_results(root: str | Path) -> ResultsTree:
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, None, "results directory not found")
-    tree = ResultsTree(root=root)
+    tree = ResultsTree(root=root, reference=reference)
     _load_pretrain(tree)
     _load_xtreme(tree)
     tree.benchmarks = _load_benchmarks(root / "benchmarks")

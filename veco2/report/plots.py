@@ -23,7 +23,7 @@ from matplotlib.patches import Rectangle
 from veco2.fileio import atomic_write
 from veco2.xtreme.aggregate import RETRIEVAL_TASKS, TASKS
 
-from .load import REFERENCE_VARIANT, ResultsTree
+from .load import ResultsTree
 from .tables import AVERAGE, TASK_LABELS, _stat, per_language_means
 
 # Greyscale-safe styles, cycled per variant.  Colours are a colour-blind-safe set (Okabe-Ito) that
@@ -91,13 +91,14 @@ def plot_ablation_bars(tree: ResultsTree) -> Figure:
     return fig
 
 
-def plot_delta_heatmap(tree: ResultsTree, tasks=None, *, baseline: str = REFERENCE_VARIANT) -> Figure:
+def plot_delta_heatmap(tree: ResultsTree, tasks=None, *, baseline: str | None = None) -> Figure:
     """Per-language score deltas (variant − baseline, percentage points): one panel per task.
 
     Rows of a panel: the non-baseline variants; columns: the task's languages.  One symmetric
     colour scale for all panels; every cell is annotated with its signed value so the figure reads
     without colour; a missing cell is hatched and shows "—".
     """
+    baseline = baseline or tree.reference
     tasks = [t for t in (tasks or TASKS) if t in tree.languages]
     deltas = {}
     for task in tasks:
@@ -250,7 +251,7 @@ def all_figures(tree: ResultsTree) -> list[tuple[str, str, Figure]]:
         ("ablation_bars", "XTREME score per task and variant; bars = mean over seeds, error bars = sample std; "
                           "missing values are left out (marked —), not drawn as zero.", plot_ablation_bars(tree)),
     ]
-    figures.append(("delta_heatmap", f"Per-language score difference of each variant against {REFERENCE_VARIANT} "
+    figures.append(("delta_heatmap", f"Per-language score difference of each variant against {tree.reference} "
                                      "(percentage points; QA: (F1 + EM) / 2), one panel per task; hatched — = missing.",
                     plot_delta_heatmap(tree)))
     figures.append(("loss_curves", "Pre-training loss per objective term against optimisation steps "

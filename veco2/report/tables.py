@@ -23,7 +23,7 @@ Tables:
   mlm and against each baseline (the starting model); "n.s." where |Δ| is smaller than the seed
   std (see :func:`significance`).
 
-Every XTREME table shows Δ against :data:`~veco2.report.load.REFERENCE_VARIANT` (mlm) and against
+Every XTREME table shows Δ against the tree's reference variant (mlm by default) and against
 each baseline of the tree (:func:`delta_references`); the cost table is about pre-training, which
 the baselines did not do here.
 - :func:`cost_table` -- pre-training throughput, relative cost, peak memory and wall time.
@@ -44,7 +44,7 @@ from veco2.errors import ConfigError
 from veco2.fileio import write_text
 from veco2.xtreme.aggregate import CATEGORIES, QA_TASKS, RETRIEVAL_TASKS, TASKS
 
-from .load import DEMO_BANNER, REFERENCE_VARIANT, ResultsTree
+from .load import DEMO_BANNER, ResultsTree
 
 MISSING = "—"  # a value that should exist but does not (a gap in the results tree)
 NOT_REPORTED = "n/r"  # a published reference row that does not report this column
@@ -219,8 +219,9 @@ def _seed_label(counts: list[int]) -> str:
 
 
 def delta_references(tree: ResultsTree) -> list[str]:
-    """The rows every Δ is taken against: mlm (when the tree has it), then each baseline."""
-    return ([REFERENCE_VARIANT] if REFERENCE_VARIANT in tree.variants else []) + list(tree.baselines)
+    """The rows every Δ is taken against: the reference variant (mlm, when the tree has it), then
+    each baseline."""
+    return ([tree.reference] if tree.reference in tree.variants else []) + list(tree.baselines)
 
 
 def delta_label(reference: str) -> str:
@@ -420,7 +421,7 @@ def significance(delta: float, std_variant: float, std_baseline: float) -> bool 
     return abs(delta) >= max(stds)
 
 
-def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, baseline: str = REFERENCE_VARIANT) -> Table:
+def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, baseline: str | None = None) -> Table:
     """Rows = every model of the tree (default ``tree.variants``: the pre-trained variants, then the
     baselines), columns = the nine tasks and Avg: "mean ± std (Δ)".
 
@@ -431,6 +432,7 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
     (against ``baseline``) and ``{Label} Δ B``, ``{Label} significant B`` for each baseline ``B``.
     """
     variants = list(tree.variants if variants is None else variants)
+    baseline = baseline or tree.reference
     references = [baseline] + [b for b in tree.baselines if b != baseline]
     columns = [(task, "task", task, TASK_LABELS[task]) for task in TASKS] + [(None, "xtreme", "xtreme", AVERAGE)]
     num_rows, disp_rows = [], []
@@ -483,7 +485,7 @@ def _median_tokens_per_s(tree: ResultsTree, variant: str) -> float:
     return math.nan
 
 
-def cost_table(tree: ResultsTree, *, baseline: str = REFERENCE_VARIANT) -> Table:
+def cost_table(tree: ResultsTree, *, baseline: str | None = None) -> Table:
     """Pre-training cost per variant.
 
     Columns: steps, tokens, tokens/s (median over log windows), relative cost = baseline tokens/s
@@ -492,6 +494,7 @@ def cost_table(tree: ResultsTree, *, baseline: str = REFERENCE_VARIANT) -> Table
     benchmark's mean ``s`` over its repeats.
     """
     bench = tree.benchmarks
+    baseline = baseline or tree.reference
     base_tps = _median_tokens_per_s(tree, baseline) if baseline in tree.variants else math.nan
     num_rows, disp_rows = [], []
     for variant in [v for v in tree.variants if v not in tree.baselines]:  # baselines: not pre-trained here

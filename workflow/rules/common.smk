@@ -92,6 +92,9 @@ def discover_baselines():
 
 
 BASELINES = discover_baselines()
+if config["report"]["enabled"] and config["report"]["reference"] not in VARIANTS:
+    raise WorkflowError(f"report.reference: {config['report']['reference']!r} is not a variant "
+                        f"(variants: {', '.join(VARIANTS)})")
 MODELS = [*VARIANTS, *BASELINES]  # every row of the study: pre-trained variants, then baselines
 
 

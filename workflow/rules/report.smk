@@ -24,6 +24,7 @@ rule report:
     params:
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.html)),
         out=lambda wildcards, output: os.path.dirname(output.html),
+        reference=config["report"]["reference"],
     conda:
         "../../environment.yml"
     log:
@@ -31,4 +32,4 @@ rule report:
     benchmark:
         f"{BENCH}/report/{SCALE}.tsv"
     shell:
-        "veco2 report {params.results:q} --out {params.out:q} > {log:q} 2>&1"
+        "veco2 report {params.results:q} --out {params.out:q} --reference {params.reference:q} > {log:q} 2>&1"
