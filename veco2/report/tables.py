@@ -43,6 +43,7 @@ from veco2.config import read_yaml
 from veco2.errors import ConfigError
 from veco2.fileio import write_text
 from veco2.xtreme.aggregate import CATEGORIES, QA_TASKS, RETRIEVAL_TASKS, TASKS
+from veco2.xtreme.registry import get_task
 
 from .load import DEMO_BANNER, ResultsTree
 
@@ -50,8 +51,7 @@ MISSING = "—"  # a value that should exist but does not (a gap in the results 
 NOT_REPORTED = "n/r"  # a published reference row that does not report this column
 NOT_APPLICABLE = "n/a"  # e.g. English / transfer gap for retrieval tasks (tested against English)
 
-TASK_LABELS = {"xnli": "XNLI", "pawsx": "PAWS-X", "udpos": "POS", "panx": "NER", "xquad": "XQuAD", "mlqa": "MLQA",
-               "tydiqa": "TyDiQA", "bucc2018": "BUCC", "tatoeba": "Tatoeba"}  # fmt: skip
+TASK_LABELS = {task: get_task(task).label for task in TASKS}  # the task files' `label`
 CATEGORY_LABELS = {"classification": "Classification", "structured_prediction": "Structured",
                    "question_answering": "QA", "retrieval": "Retrieval"}  # fmt: skip
 AVERAGE = "Avg"
@@ -388,8 +388,8 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
         else:
             display[col] = [fmt_number(v, decimals) for v in numeric[col]]
     display = display.rename(columns={"variant": "Model"})
-    metric = "(F1 + EM) / 2" if task in QA_TASKS else {"xnli": "accuracy", "pawsx": "accuracy",
-                                                        "tatoeba": "accuracy"}.get(task, "F1")
+    metric = "(F1 + EM) / 2" if task in QA_TASKS else " / ".join(
+        "F1" if key == "f1" else key.replace("_", " ") for key in get_task(task).score_keys)
     notes = [f"{TASK_LABELS[task]} per language: {metric}, mean over seeds. {GAP} = English minus the mean of the "
              f"other languages (the cross-lingual transfer gap). {MISSING} = missing."]
     if references:

@@ -1,7 +1,7 @@
 """XTREME aggregation: languages -> task score -> category scores and the XTREME score.
 
-The official lists of tasks, categories and test languages live HERE and only here; the task
-registry imports :data:`OFFICIAL_LANGUAGES` rather than repeating them.
+The lists of tasks, categories, score keys and test languages are derived from the task registry
+(:mod:`veco2.xtreme.registry`, one YAML file per task), where each is written once.
 
 Rules (Hu et al. 2020, XTREME, arXiv 2003.11080; the per-language scores are those of the
 official google-research/xtreme ``evaluate.py`` and ``third_party/`` scorers):
@@ -37,61 +37,29 @@ import pandas as pd
 
 from veco2.errors import InputError, Veco2Error
 from veco2.fileio import read_json
+from veco2.xtreme.registry import CATEGORY_ORDER, get_task, list_tasks
 
 log = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa", "bucc2018", "tatoeba")
-
+# Derived from the task registry (veco2/xtreme/tasks/*.yaml), the one place each fact is written:
+# the tasks in the tables' order, their categories, the metric keys their task score averages and
+# their official test languages.
+_REGISTERED = [get_task(name) for name in list_tasks()]
+TASKS: tuple[str, ...] = tuple(spec.name for spec in _REGISTERED)
 TASK_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "classification": ("xnli", "pawsx"),
-    "structured_prediction": ("udpos", "panx"),
-    "question_answering": ("xquad", "mlqa", "tydiqa"),
-    "retrieval": ("bucc2018", "tatoeba"),
-}
+    category: tuple(spec.name for spec in _REGISTERED if spec.category == category)
+    for category in CATEGORY_ORDER if any(spec.category == category for spec in _REGISTERED)}
 CATEGORIES: tuple[str, ...] = tuple(TASK_CATEGORIES)
 
-QA_TASKS = frozenset(TASK_CATEGORIES["question_answering"])
-RETRIEVAL_TASKS = frozenset(TASK_CATEGORIES["retrieval"])
+QA_TASKS = frozenset(spec.name for spec in _REGISTERED if spec.family == "qa")
+RETRIEVAL_TASKS = frozenset(spec.name for spec in _REGISTERED if spec.family == "retrieval")
 RETRIEVAL_SEED = 0
 
-# Metric keys the task score is computed from, as written in results.json "scores".
-# Extra keys (udpos "token_accuracy", "precision", "recall", ...) are averaged and reported but
-# do not enter the task score.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "xnli": ("accuracy",),
-    "pawsx": ("accuracy",),
-    "udpos": ("f1",),  # seqeval F1, 0.0.12 semantics (metrics.pos_f1)
-    "panx": ("f1",),
-    "xquad": ("f1", "exact_match"),
-    "mlqa": ("f1", "exact_match"),
-    "tydiqa": ("f1", "exact_match"),
-    "bucc2018": ("f1",),
-    "tatoeba": ("accuracy",),  # English queries (XTREME); "accuracy_xx_to_en" is reported, not scored
-}
-
-OFFICIAL_LANGUAGES: dict[str, tuple[str, ...]] = {
-    "xnli": tuple("ar bg de el en es fr hi ru sw th tr ur vi zh".split()),
-    "pawsx": tuple("de en es fr ja ko zh".split()),
-    "udpos": tuple(
-        "af ar bg de el en es et eu fa fi fr he hi hu id it ja kk ko mr nl pt ru ta te th tl tr ur vi yo zh".split()
-    ),
-    "panx": tuple(
-        "ar he vi id jv ms tl eu ml ta te af nl en de el bn hi mr ur fa fr it pt es bg ru ja ka ko th sw yo my zh "
-        "kk tr et fi hu".split()
-    ),
-    "xquad": tuple("en es de el ru tr ar vi th zh hi".split()),
-    "mlqa": tuple("en es de ar hi vi zh".split()),
-    "tydiqa": tuple("en ar bn fi id ko ru sw te".split()),
-    "bucc2018": tuple("de fr ru zh".split()),
-    "tatoeba": tuple(
-        "af ar bg bn de el es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr nl pt ru sw ta te th tl tr ur vi "
-        "zh".split()
-    ),
-}
-
-_EXPECTED_COUNTS = {"xnli": 15, "pawsx": 7, "udpos": 33, "panx": 40, "xquad": 11, "mlqa": 7, "tydiqa": 9,
-                    "bucc2018": 4, "tatoeba": 36}  # fmt: skip
-assert {t: len(v) for t, v in OFFICIAL_LANGUAGES.items()} == _EXPECTED_COUNTS
+# Metric keys the task score is computed from, as written in results.json "scores" (the task
+# file's `score_keys`).  Extra keys (udpos "token_accuracy", tatoeba "accuracy_xx_to_en", ...) are
+# averaged and reported but do not enter the task score.
+TASK_METRICS: dict[str, tuple[str, ...]] = {spec.name: spec.score_keys for spec in _REGISTERED}
+OFFICIAL_LANGUAGES: dict[str, tuple[str, ...]] = {spec.name: spec.languages for spec in _REGISTERED}
 
 
 def _check_task(task: str) -> None:

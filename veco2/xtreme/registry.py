@@ -2,8 +2,11 @@
 
 A task file is data, not code.  It says what the task is (category, family, metric, head, labels),
 which languages it is scored on, the official fine-tuning hyper-parameters, where its files live in
-the local (official-format) layout and which Hugging Face hub configs hold it.  Adding a task means
-adding one YAML file (plus a loader in :mod:`veco2.xtreme.data` only when its file format is new).
+the local (official-format) layout and which Hugging Face hub configs hold it.  Everything else --
+the aggregation's task, category, language and metric lists, the workflow's jobs, the report's
+columns -- is derived from these files.  Adding a task means adding one YAML file (plus a loader in
+:mod:`veco2.xtreme.data` only when its file format is new); ``$VECO2_TASK_DIRS`` (directories
+separated by ``os.pathsep``) adds task files from outside the package.
 
 Keys of a task file (all required unless marked optional):
 
@@ -12,7 +15,10 @@ Keys of a task file (all required unless marked optional):
 ``version``         integer, bumped whenever data handling or scoring changes; recorded in every result.
 ``category``        XTREME category (classification, structured_prediction, question_answering, retrieval).
 ``family``          engine family: ``classification`` | ``tagging`` | ``qa`` | ``retrieval``.
-``languages``       ``official`` (= ``aggregate.OFFICIAL_LANGUAGES[name]``, not repeated here) or a list.
+``languages``       the test languages (the official XTREME list for the nine tasks).
+``label``           the task's column label in the report's tables (``XNLI``, ``POS`` ...).
+``order``           its column position in the tables (the XTREME paper's order).
+``score_keys``      the results.json metric keys the task score is the mean of (QA: ``f1, exact_match``).
 ``train_language``  the language of the training and model-selection data (``en``; none for retrieval).
 ``metrics``         metric names from ``metrics.METRICS``; the first is the task's primary metric.
 ``head``            ``sequence_classification`` | ``token_classification`` | ``question_answering`` | ``none``.
@@ -28,6 +34,7 @@ Keys of a task file (all required unless marked optional):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -40,8 +47,9 @@ from ..errors import Veco2Error
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 FAMILIES = ("classification", "tagging", "qa", "retrieval")
 HEADS = ("sequence_classification", "token_classification", "question_answering", "none")
-REQUIRED_KEYS = ("name", "version", "category", "family", "languages", "metrics", "head",
-                 "hyperparameters", "local", "hub")
+REQUIRED_KEYS = ("name", "version", "category", "family", "languages", "label", "order", "score_keys", "metrics",
+                 "head", "hyperparameters", "local", "hub")
+CATEGORY_ORDER = ("classification", "structured_prediction", "question_answering", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,9 @@ class TaskSpec:
     category: str
     family: str
     languages: tuple[str, ...]
+    label: str
+    order: int
+    score_keys: tuple[str, ...]
     metrics: tuple[str, ...]
     head: str
     hyperparameters: dict[str, Any]
@@ -85,15 +96,6 @@ class TaskSpec:
         return tuple(self.check_language(lang) for lang in languages)
 
 
-def _official_languages(name: str) -> tuple[str, ...]:
-    from .aggregate import OFFICIAL_LANGUAGES  # the one list of official languages per task
-
-    if name not in OFFICIAL_LANGUAGES:
-        raise Veco2Error(f"task {name!r}: 'languages: official' but aggregate.OFFICIAL_LANGUAGES "
-                         f"has no entry for it (known: {', '.join(sorted(OFFICIAL_LANGUAGES))})")
-    return tuple(OFFICIAL_LANGUAGES[name])
-
-
 def _parse(path: Path) -> TaskSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -114,8 +116,14 @@ def _parse(path: Path) -> TaskSpec:
         raise Veco2Error(f"{path}: family {raw['family']!r} is not one of {', '.join(FAMILIES)}")
     if raw["head"] not in HEADS:
         raise Veco2Error(f"{path}: head {raw['head']!r} is not one of {', '.join(HEADS)}")
-    languages = raw["languages"]
-    languages = _official_languages(raw["name"]) if languages == "official" else tuple(languages)
+    if raw["category"] not in CATEGORY_ORDER:
+        raise Veco2Error(f"{path}: category {raw['category']!r} is not one of {', '.join(CATEGORY_ORDER)}")
+    for key in ("languages", "score_keys"):
+        if not isinstance(raw[key], list) or not raw[key] or not all(isinstance(v, str) for v in raw[key]):
+            raise Veco2Error(f"{path}: {key} must be a non-empty list of names")
+    if not isinstance(raw["order"], int) or isinstance(raw["order"], bool):
+        raise Veco2Error(f"{path}: order must be an integer, got {raw['order']!r}")
+    languages = tuple(raw["languages"])
     known = set(raw)
     allowed = set(REQUIRED_KEYS) | {"labels", "train_language", "language_codes", "train_source",
                                     "description"}
@@ -123,7 +131,8 @@ def _parse(path: Path) -> TaskSpec:
         raise Veco2Error(f"{path}: unknown key(s) {', '.join(sorted(known - allowed))}")
     return TaskSpec(
         name=raw["name"], version=raw["version"], category=raw["category"], family=raw["family"],
-        languages=languages, metrics=tuple(raw["metrics"]), head=raw["head"],
+        languages=languages, label=str(raw["label"]), order=raw["order"], score_keys=tuple(raw["score_keys"]),
+        metrics=tuple(raw["metrics"]), head=raw["head"],
         hyperparameters=dict(raw["hyperparameters"] or {}), local=dict(raw["local"]),
         hub=dict(raw["hub"] or {}), labels=tuple(raw.get("labels") or ()),
         train_language=raw.get("train_language", "en"),
@@ -132,14 +141,37 @@ def _parse(path: Path) -> TaskSpec:
         path=str(path))
 
 
-@lru_cache(maxsize=None)
+def task_dirs() -> list[Path]:
+    """The packaged task directory, then every directory of ``$VECO2_TASK_DIRS``."""
+    extra = [Path(p) for p in os.environ.get("VECO2_TASK_DIRS", "").split(os.pathsep) if p]
+    for directory in extra:
+        if not directory.is_dir():
+            raise Veco2Error(f"VECO2_TASK_DIRS: {directory} is not a directory")
+    return [TASKS_DIR, *extra]
+
+
 def _load_all() -> dict[str, TaskSpec]:
-    return {path.stem: _parse(path) for path in sorted(TASKS_DIR.glob("*.yaml"))}
+    return _load_dirs(tuple(task_dirs()))
+
+
+@lru_cache(maxsize=None)
+def _load_dirs(directories: tuple[Path, ...]) -> dict[str, TaskSpec]:
+    tasks: dict[str, TaskSpec] = {}
+    for directory in directories:
+        for path in sorted(directory.glob("*.yaml")):
+            if path.stem in tasks:
+                raise Veco2Error(f"{path}: task {path.stem!r} is already defined by {tasks[path.stem].path}")
+            tasks[path.stem] = _parse(path)
+    orders = sorted(t.order for t in tasks.values())
+    if len(set(orders)) != len(orders):
+        raise Veco2Error(f"task files: two tasks share an `order` ({orders})")
+    # the tables' order: by category (the XTREME paper's), then `order`
+    return dict(sorted(tasks.items(), key=lambda kv: (CATEGORY_ORDER.index(kv[1].category), kv[1].order)))
 
 
 def list_tasks() -> list[str]:
-    """Registered task names, sorted."""
-    return sorted(_load_all())
+    """Registered task names, in the tables' order (category, then ``order``)."""
+    return list(_load_all())
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:

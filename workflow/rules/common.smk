@@ -204,6 +204,10 @@ def finetune_overrides(task):
     return {**config["finetune"]["overrides"], **config["finetune"]["task_overrides"].get(task, {})}
 
 
+for _task in config["finetune"]["task_overrides"]:
+    if _task not in FINETUNE_TASKS:
+        raise WorkflowError(f"finetune.task_overrides.{_task}: not a fine-tuned task of `tasks` "
+                            f"({', '.join(FINETUNE_TASKS)})")
 for _task in FINETUNE_TASKS:  # a misspelt or bad fine-tuning setting fails here, naming the key
     resolve_hyperparameters(get_task(_task), finetune_overrides(_task))
 

@@ -11,7 +11,7 @@ rule finetune:
     output:
         f"{RESULTS}/xtreme/{{variant}}/{{task}}/seed{{seed}}/results.json",
     wildcard_constraints:
-        task="xnli|pawsx|udpos|panx|xquad|mlqa|tydiqa",
+        task="|".join(FINETUNE_TASKS) or "(?!)",
     params:
         out=lambda wildcards: f"{RESULTS}/xtreme/{wildcards.variant}",
         model=model_arg,
@@ -37,7 +37,7 @@ rule evaluate_retrieval:
     output:
         f"{RESULTS}/xtreme/{{variant}}/{{task}}/seed{RETRIEVAL_SEED}/results.json",
     wildcard_constraints:
-        task="tatoeba|bucc2018",
+        task="|".join(RETRIEVAL_TASKS) or "(?!)",
     params:
         out=lambda wildcards: f"{RESULTS}/xtreme/{wildcards.variant}",
         model=model_arg,
