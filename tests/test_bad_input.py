@@ -401,6 +401,49 @@ def case_freedict_malformed_xml(env):
     return lambda: list(read_freedict_tei(env.tmp / "eng-deu.tei"))
 
 
+def case_corpus_file_is_a_directory(env):
+    path = env.corpus() / "mono" / "de.txt"
+    path.unlink()
+    path.mkdir()
+    return env.prepare()
+
+
+def case_corpus_file_symlink_loop(env):
+    path = env.corpus() / "mono" / "de.txt"
+    path.unlink()
+    path.symlink_to("de.txt")  # points at itself
+    return env.prepare()
+
+
+def case_gzip_named_tsv(env):
+    path = env.corpus() / "parallel" / "train" / "en-de.tsv"
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    return env.prepare()
+
+
+def _to_jsonl(env) -> Path:
+    tsv = env.corpus() / "parallel" / "train" / "en-de.tsv"
+    jsonl = tsv.with_suffix(".jsonl")
+    _put(jsonl, [json.dumps(dict(zip(("en", "de"), line.split("\t"))), ensure_ascii=False) for line in _lines(tsv)])
+    tsv.unlink()
+    return jsonl
+
+
+def case_jsonl_corrupt_line(env):
+    _edit(_to_jsonl(env), 3, '{"en": "Open the file", "de": "Datei')
+    return env.prepare()
+
+
+def case_jsonl_missing_field(env):
+    _edit(_to_jsonl(env), 2, '{"en": "Open the file", "fr": "Ouvrir le fichier"}')
+    return env.prepare()
+
+
+def case_two_files_for_one_part(env):
+    _put(env.corpus() / "parallel" / "train" / "en-de.jsonl", ['{"en": "a", "de": "b"}'])
+    return env.prepare()
+
+
 # Counted skips and awkward-but-valid encodings
 
 
@@ -441,6 +484,51 @@ def case_dictionary_some_unknown_script(env):
 
 def _check_dictionary_skips(tmp, log):
     assert "skipped 2 of 302 entries without a word on one side" in log
+
+
+def case_header_line(env):
+    _insert(env.corpus() / "parallel" / "train" / "en-de.tsv", 1, ["en\tde"])
+    return env.prepare()
+
+
+def _check_header_line(tmp, log):
+    assert _skipped(tmp, "header line") == 1
+    assert "header line: 1 (lines 1)" in log
+
+
+def case_untranslated_copies(env):
+    _insert(env.corpus() / "parallel" / "train" / "en-de.tsv", 3, ["LibreOffice\tLibreOffice", "Save\t Save "])
+    return env.prepare()
+
+
+def _check_untranslated(tmp, log):
+    assert _skipped(tmp, "target equals source (untranslated)") == 2
+    assert "target equals source (untranslated): 2 (lines 3, 4)" in log
+    assert _manifest(tmp)["bi"]["de"]["pairs"] == 80
+
+
+def case_zero_width_only_fields(env):
+    _insert(env.corpus() / "parallel" / "train" / "en-de.tsv", 5, ["\u200b\tDatei", "Save\t\u200d\u2060"])
+    _insert(env.corpus() / "mono" / "de.txt", 2, ["\u200b \ufeff"])
+    return env.prepare()
+
+
+def _check_zero_width(tmp, log):
+    assert _skipped(tmp, "side of invisible characters only") == 2
+    assert _skipped(tmp, "invisible characters only") == 1
+    assert "side of invisible characters only: 2 (lines 5, 6)" in log
+    assert "invisible characters only: 1 (lines 2)" in log
+
+
+def case_dictionary_duplicate_entries(env):
+    # "The<TAB>Das" repeats line 1 ("the<TAB>das") after case folding; "the<TAB>der" repeats line 2
+    _insert(env.corpus() / "dict" / "en-de.tsv", 5, ["The\tDas", "the\tder"])
+    return env.prepare()
+
+
+def _check_dictionary_duplicates(tmp, log):
+    assert _manifest(tmp)["bi"]["de"]["dictionary_duplicate_entries"] == 2
+    assert "merged 2 of 302 entries that repeat an earlier entry" in log
 
 
 def case_bom(env):
@@ -528,10 +616,23 @@ CASES = [
     ("Moses line counts differ", case_moses_line_counts_differ,
      Error("corpus.en: line count 3 differs from", "corpus.de (2 lines)")),
     ("FreeDict malformed XML", case_freedict_malformed_xml, Error("eng-deu.tei:4: malformed TEI XML")),
+    ("corpus file is a directory", case_corpus_file_is_a_directory,
+     Error("mono/de.txt: is a directory, expected a file")),
+    ("corpus file is a symlink loop", case_corpus_file_symlink_loop, Error("mono/de.txt: symbolic link loop")),
+    ("gzip data named .tsv", case_gzip_named_tsv,
+     Error("train/en-de.tsv: gzip-compressed data in a file without the .gz suffix", "en-de.tsv.gz")),
+    ("JSONL corrupt line", case_jsonl_corrupt_line, Error("train/en-de.jsonl:3: corrupt JSON line")),
+    ("JSONL missing field", case_jsonl_missing_field, Error("train/en-de.jsonl:2: no field 'de'", "'fr'")),
+    ("two files for one corpus part", case_two_files_for_one_part,
+     Error("parallel/train: 2 files for en-de (en-de.tsv, en-de.jsonl); keep one")),
     ("empty sentences", case_empty_sentences, Skip(_check_empty_sentences)),
     ("parallel empty side", case_empty_side, Skip(_check_empty_side)),
     ("line longer than max length", case_line_longer_than_max_length, Skip(_check_long_line)),
     ("dictionary entries in unknown script", case_dictionary_some_unknown_script, Skip(_check_dictionary_skips)),
+    ("header line", case_header_line, Skip(_check_header_line)),
+    ("untranslated copies", case_untranslated_copies, Skip(_check_untranslated)),
+    ("zero-width-only fields", case_zero_width_only_fields, Skip(_check_zero_width)),
+    ("dictionary duplicate entries", case_dictionary_duplicate_entries, Skip(_check_dictionary_duplicates)),
     ("BOM", case_bom, Read(_check_bom)),
     ("CRLF", case_crlf, Read(_check_crlf)),
 ]

@@ -215,14 +215,15 @@ def test_mining_statistics_and_truncation(en_de, tiny_tokenizer):
     list(mine_corpus(PAIRS, en_de, tiny_tokenizer, batch_size=2, stats=stats))
     assert stats.as_dict() == {
         "pairs": 6, "pairs_with_match": 5, "share_with_match": 5 / 6,
-        "matches": 14, "matches_per_pair": 14 / 6, "unmappable": 0,
+        "matches": 14, "matches_per_pair": 14 / 6, "unmappable": 0, "truncated": 0,
     }
-    # cut to 3 tokens: words beyond the cut on either side are counted, not silently lost
+    # cut to 3 tokens before matching: "▁ T h" | "▁D e r" -- the cut inside "The" keeps the whole
+    # word, so The/Der is the one match (▁ trimmed: tokens 1-3 / 0-3); the cut pair is counted
     short = MiningStats()
     mined = list(mine_corpus(PAIRS[:1], en_de, tiny_tokenizer, max_length=3, stats=short))
-    assert len(mined[0].src_ids) <= 3 and len(mined[0].tgt_ids) <= 3
-    assert short.matches + short.unmappable == 3
-    assert all(s1 <= 3 and t1 <= 3 for _, s1, _, t1 in mined[0].spans)
+    assert len(mined[0].src_ids) == 3 and len(mined[0].tgt_ids) == 3
+    assert mined[0].spans == [(1, 3, 0, 3)]
+    assert (short.truncated, short.matches, short.unmappable) == (1, 1, 0)
 
 
 def test_workers_give_the_same_result_in_order(en_de, tiny_tokenizer):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import Veco2Error
-from .fileio import fault_point, read_json, write_json
+from .fileio import fault_point, read_json, remove_stale_temporaries, write_json
 
 
 def _distributed() -> bool:
@@ -66,8 +66,27 @@ def gather_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (``.tmp`` = interrupted while writing)."""
+    """Complete checkpoints under ``root``, oldest first (``.tmp`` = interrupted while writing).
+
+    Listing them is the first thing a resuming run does, so on the main process this also removes
+    what interrupted saves left in ``root`` (:func:`remove_interrupted_saves`); every save
+    publishes its checkpoint before it lists them, so no save in progress is ever removed.
+    """
+    if _is_main():
+        remove_interrupted_saves(root)
     return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def remove_interrupted_saves(root: Path) -> list[str]:
+    """Delete the ``step-N.tmp`` directories and atomic-write temporaries that a killed
+    :func:`save_checkpoint` left in ``root``; returns their names.  Main process only, with no save
+    in progress (a resuming run holds its output directory's lock)."""
+    removed = []
+    for stale in sorted(root.glob("step-*.tmp")):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale.name)
+    return removed + remove_stale_temporaries(root)
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict, keep: int) -> Path:

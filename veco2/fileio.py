@@ -9,21 +9,30 @@ with ``VECO2_FAULT=NAME`` in the environment, the process kills itself with SIGK
 it reaches the point called ``NAME`` -- a real ``kill -9`` at an exact place (half-way through a
 checkpoint, between two steps), which polling from outside cannot hit reliably.  Unset, it costs one
 dictionary look-up.
+
+:func:`remove_stale_temporaries` deletes the temporaries a killed :func:`atomic_write` leaves behind
+(``.NAME.XXXXXXXX.tmp``); :func:`load_yaml` is the strict YAML reader (safe types only, no duplicate
+keys, no ``.nan``/``.inf``, bounded nesting).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import gzip
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import tempfile
 import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import InputError
+from .errors import InputError, Veco2Error
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -67,6 +76,39 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         raise
 
 
+#: The name :func:`atomic_write` gives its temporary file: ``tempfile.mkstemp(prefix=".NAME.",
+#: suffix=".tmp")``, whose random part is 8 characters of ``[a-z0-9_]`` (CPython's
+#: ``tempfile._RandomNameSequence``).  :func:`tempfile.mkdtemp` with the same prefix and suffix
+#: (``veco2.data.tokenizer``) gives the same shape of directory name.
+_TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[str]:
+    """Delete the temporaries that an interrupted :func:`atomic_write` (or a ``mkdtemp`` with the same
+    naming) left in ``directory``; returns the names removed, sorted.
+
+    Only entries named ``.NAME.XXXXXXXX.tmp`` directly inside ``directory`` are touched; nothing is
+    followed through a symbolic link.  Call it only while holding the directory's lock (a resumed run):
+    another process writing there at the same moment would lose its temporary.
+    """
+    directory = Path(directory)
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not _TEMPORARY_NAME.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+    return sorted(removed)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path) as handle:
         handle.write(text)
@@ -89,12 +131,7 @@ def _json_default(obj: Any) -> Any:
 def read_json(path: str | Path) -> Any:
     """Read JSON; a corrupt file raises an :class:`InputError` naming the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, None, "file not found") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, None, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -110,7 +147,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSON-lines file; a truncated last line (a killed writer) is dropped, any other bad line is an error."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text(path).split("\n")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -124,11 +161,60 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def open_text(path: str | Path) -> IO[bytes]:
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_readable_file(path: str | Path) -> Path:
+    """``path`` if it is a regular file (or a link to one) this process can open; otherwise an
+    :class:`InputError` that says which of the usual mistakes it is: missing, a directory, a broken
+    symbolic link, a symbolic-link loop, no permission."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, None, "file not found")
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    try:
+        info = path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(path, None, "symbolic link loop") from None
+        if err.errno == errno.ENOENT and path.is_symlink():
+            raise InputError(path, None, f"broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
+        if err.errno == errno.ENOENT:
+            raise InputError(path, None, "file not found") from None
+        raise InputError(path, None, f"cannot read ({err.strerror})") from None
+    if path.is_dir():
+        raise InputError(path, None, "is a directory, expected a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, None, "cannot read (permission denied)")
+    return path
+
+
+def read_text(path: str | Path) -> str:
+    """The whole UTF-8 text of ``path``; unreadable files and invalid UTF-8 are an :class:`InputError`."""
+    path = check_readable_file(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(path, None, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read ({err.strerror})") from None
+
+
+def open_text(path: str | Path) -> IO[bytes]:
+    """Open a text file for reading bytes, through gzip when its name ends in ``.gz``.
+
+    A gzip stream in a file without the ``.gz`` suffix is an error that says so (read as text it would
+    be a "NUL byte" or "invalid UTF-8" error that hides the cause).
+    """
+    path = check_readable_file(path)
+    try:
+        if path.suffix == ".gz":
+            return gzip.open(path, "rb")
+        handle = open(path, "rb")
+    except OSError as err:
+        raise InputError(path, None, f"cannot read ({err.strerror})") from None
+    if handle.peek(2)[:2] == _GZIP_MAGIC:
+        handle.close()
+        raise InputError(path, None, f"gzip-compressed data in a file without the .gz suffix "
+                                     f"(rename it to {path.name}.gz)")
+    return handle
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -157,3 +243,104 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as err:
                 raise InputError(path, number, f"invalid UTF-8 at byte {err.start} of the line") from None
             yield number, text.rstrip("\r\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict YAML
+
+#: Default bound on the nesting of YAML collections (veco2's configs nest 3 levels).
+MAX_YAML_DEPTH = 100
+
+
+class _YamlProblem(Exception):
+    def __init__(self, line: int | None, problem: str):
+        super().__init__(problem)
+        self.line, self.problem = line, problem
+
+
+@functools.lru_cache(maxsize=None)
+def _strict_loader(max_depth: int):
+    """A ``yaml.SafeLoader`` subclass that refuses duplicate keys, non-finite floats and deep nesting."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            # PyYAML composes recursively: bound the depth before Python's recursion limit is reached.
+            opens = self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent)
+            if opens:
+                self._depth += 1
+                if self._depth > max_depth:
+                    mark = self.peek_event().start_mark
+                    raise _YamlProblem(mark.line + 1, f"nested deeper than {max_depth} levels")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                if opens:
+                    self._depth -= 1
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first_line: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may override, by design
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in first_line:
+                            raise _YamlProblem(line, f"duplicate key {key!r} (first at line {first_line[key]})")
+                        first_line[key] = line
+                    except TypeError:  # an unhashable key: SafeConstructor reports it below
+                        continue
+            return super().construct_mapping(node, deep)
+
+        def construct_yaml_float(self, node):
+            value = super().construct_yaml_float(node)
+            if not math.isfinite(value):
+                raise _YamlProblem(node.start_mark.line + 1, f"{node.value!r} is not a finite number")
+            return value
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
+    return StrictLoader
+
+
+def load_yaml(path_or_text: str | Path, *, source: str | Path | None = None, max_depth: int = MAX_YAML_DEPTH,
+              error: type[Veco2Error] = InputError) -> Any:
+    """Parse YAML strictly: a ``Path`` is read as a file, a ``str`` is the YAML text itself.
+
+    Safe types only (``yaml.SafeLoader``), and three things PyYAML accepts silently are errors: a key
+    given twice in one mapping (PyYAML keeps the last), a non-finite number (``.nan``, ``.inf``,
+    ``1.0e+999``) and nesting deeper than ``max_depth`` (PyYAML recurses and ends in ``RecursionError``).
+    Every problem is one line, ``SOURCE:LINE: problem``, raised as ``error`` (:class:`InputError`, or
+    e.g. :class:`~veco2.errors.ConfigError` for config files); ``source`` names the text in messages
+    (default: the path, or ``<yaml>``).  An empty document is ``None``.
+    """
+    import yaml
+
+    if isinstance(path_or_text, Path):
+        source = source if source is not None else path_or_text
+        text = read_text(path_or_text)
+    else:
+        text, source = path_or_text, source if source is not None else "<yaml>"
+
+    def fail(line: int | None, problem: str) -> Veco2Error:
+        located = InputError(source, line, problem)
+        return located if error is InputError else error(str(located))
+
+    loader = None
+    try:
+        loader = _strict_loader(max_depth)(text)  # what yaml.load does, with a yaml.SafeLoader subclass
+        return loader.get_single_data()
+    except _YamlProblem as err:
+        raise fail(err.line, err.problem) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise fail(None if mark is None else mark.line + 1, f"invalid YAML: {problem}") from None
+    except RecursionError:  # nesting inside a scalar-free flow structure the composer never sees
+        raise fail(None, f"nested too deeply to parse (limit {max_depth} levels)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()

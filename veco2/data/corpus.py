@@ -2,28 +2,46 @@
 
 ::
 
-    ROOT/parallel/{train,dev,test}/en-LANG.tsv[.gz]   en<TAB>LANG sentence pairs
-    ROOT/mono/LANG.txt[.gz]                           one sentence per line (en included)
-    ROOT/dict/en-LANG.tsv[.gz]                        en_word<TAB>LANG_word dictionary entries
+    ROOT/parallel/{train,dev,test}/en-LANG.tsv[.gz]     en<TAB>LANG sentence pairs
+                                   en-LANG.jsonl[.gz]   or {"en": ..., "LANG": ...} per line
+                                                        (or {"translation": {"en": ..., "LANG": ...}})
+                                   en-LANG.en[.gz] + en-LANG.LANG[.gz]   or a Moses (line-aligned) pair
+    ROOT/mono/LANG.txt[.gz]                             one sentence per line (en included)
+              LANG.jsonl[.gz]                           or {"text": ...} per line
+    ROOT/dict/en-LANG.tsv[.gz]                          en_word<TAB>LANG_word dictionary entries
+              en-LANG.tei[.gz]                          or a FreeDict TEI dictionary (eng-LANG.tei renamed)
+              en-LANG.txt[.gz]                          or a MUSE-style "en_word LANG_word" dictionary
 
-``corpus="demo"`` resolves to the corpus shipped inside the package (``veco2/demo_data``).
-Readers count what they skip (:class:`~veco2.data.readers.ReadStats`); :class:`Corpus` keeps
-every stats object so the shard builder can record them in its manifest.
+Each part is one file in one of its formats; two files for the same part are an error.  Formats
+and their checks: :mod:`veco2.data.readers`.  ``corpus="demo"`` resolves to the corpus shipped
+inside the package (``veco2/demo_data``).  Readers count what they skip
+(:class:`~veco2.data.readers.ReadStats`); :class:`Corpus` keeps every stats object so the shard
+builder can record them in its manifest.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import InputError, Veco2Error
-from .readers import ReadStats, read_monolingual, read_parallel
+from .readers import (
+    ReadStats, read_monolingual, read_monolingual_jsonl, read_parallel, read_parallel_jsonl, read_parallel_moses,
+)
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_data"
 
+#: File suffixes of each part of the layout, in the order they are looked for.
+PARALLEL_SUFFIXES = (".tsv", ".jsonl")
+MONO_SUFFIXES = (".txt", ".jsonl")
+DICTIONARY_SUFFIXES = (".tsv", ".tei", ".txt")
+
 
 def _find(base: Path) -> Path | None:
+    """``base`` or ``base.gz``, whichever is there.  ``lexists``: a broken link or a link loop is
+    found too, so that reading it reports what is wrong with it instead of "missing"."""
     for candidate in (base, base.with_name(base.name + ".gz")):
-        if candidate.exists():
+        if os.path.lexists(candidate):
             return candidate
     return None
 
@@ -38,21 +56,33 @@ class Corpus:
 
     def languages(self) -> list[str]:
         """Non-English languages with training pairs, sorted."""
-        names = (p.name.split(".")[0] for p in (self.root / "parallel" / "train").glob("en-*.tsv*"))
-        return sorted(n.removeprefix("en-") for n in names)
+        found = set()
+        for path in (self.root / "parallel" / "train").glob("en-*"):
+            name = path.name.removesuffix(".gz")
+            stem, _, suffix = name.partition(".")
+            lang = stem.removeprefix("en-")
+            if f".{suffix}" in PARALLEL_SUFFIXES or suffix in (lang, "en"):
+                found.add(lang)
+        return sorted(found)
 
-    def _path(self, relative: str) -> Path:
-        path = _find(self.root / relative)
-        if path is None:
-            raise Veco2Error(f"{self.root / relative}: missing from the corpus (also tried .gz)")
-        return path
+    def _one_of(self, folder: str, stem: str, suffixes: tuple[str, ...]) -> Path | None:
+        """The one file ``folder/stem.SUFFIX[.gz]`` there is; None if none; an error if several."""
+        found = [path for suffix in suffixes if (path := _find(self.root / folder / f"{stem}{suffix}")) is not None]
+        if len(found) > 1:
+            raise Veco2Error(f"{self.root / folder}: {len(found)} files for {stem} "
+                             f"({', '.join(p.name for p in found)}); keep one")
+        return found[0] if found else None
 
-    def _read(self, reader, relative: str) -> list:
+    def _missing(self, folder: str, stem: str, suffixes: tuple[str, ...]) -> Veco2Error:
+        tried = ", ".join(f"{stem}{suffix}" for suffix in suffixes)
+        return Veco2Error(f"{self.root / folder}/{stem}{suffixes[0]}: missing from the corpus "
+                          f"(tried {tried}, each also with .gz)")
+
+    def _read(self, path: Path, records_of) -> list:
         """Read one file; an empty file, or one whose every line is a skip, is an error (a wrong or
         broken file, not noise), other skips are counted, logged and kept for the data card."""
-        path = self._path(relative)
         stats = ReadStats()
-        records = list(reader(path, stats))
+        records = list(records_of(stats))
         if stats.read == 0:
             raise InputError(path, None, "empty file (no lines)")
         if not records:
@@ -63,13 +93,43 @@ class Corpus:
         return records
 
     def parallel(self, lang: str, split: str = "train") -> list[tuple[str, str]]:
-        return self._read(read_parallel, f"parallel/{split}/en-{lang}.tsv")
+        folder, stem = f"parallel/{split}", f"en-{lang}"
+        path = self._one_of(folder, stem, PARALLEL_SUFFIXES)
+        moses = (_find(self.root / folder / f"{stem}.en"), _find(self.root / folder / f"{stem}.{lang}"))
+        if path is not None and any(moses):
+            raise Veco2Error(f"{self.root / folder}: both {path.name} and a Moses pair {stem}.en / {stem}.{lang}; "
+                             "keep one")
+        if path is None and any(moses):
+            if not all(moses):
+                have = next(p for p in moses if p is not None)
+                raise Veco2Error(f"{have}: Moses file without its other side ({stem}.en and {stem}.{lang} "
+                                 "are read together)")
+            src, tgt = moses
+            return self._read(src, lambda stats: read_parallel_moses(src, tgt, stats))
+        if path is None:
+            raise self._missing(folder, stem, PARALLEL_SUFFIXES)
+        if path.name.removesuffix(".gz").endswith(".jsonl"):
+            return self._read(path, lambda stats: read_parallel_jsonl(path, "en", lang, stats))
+        return self._read(path, lambda stats: read_parallel(path, stats))
 
     def monolingual(self, lang: str) -> list[str]:
-        return self._read(read_monolingual, f"mono/{lang}.txt")
+        path = self._one_of("mono", lang, MONO_SUFFIXES)
+        if path is None:
+            raise self._missing("mono", lang, MONO_SUFFIXES)
+        if path.name.removesuffix(".gz").endswith(".jsonl"):
+            return self._read(path, lambda stats: read_monolingual_jsonl(path, stats))
+        return self._read(path, lambda stats: read_monolingual(path, stats))
 
     def dictionary_path(self, lang: str) -> Path | None:
-        return _find(self.root / f"dict/en-{lang}.tsv")
+        """The en-``lang`` dictionary file in whichever format it is (None: no dictionary)."""
+        return self._one_of("dict", f"en-{lang}", DICTIONARY_SUFFIXES)
+
+    def dictionary(self, lang: str, **options):
+        """The :class:`~veco2.data.synonyms.SynonymMiner` of the en-``lang`` dictionary, or None."""
+        from .synonyms import SynonymMiner
+
+        path = self.dictionary_path(lang)
+        return None if path is None else SynonymMiner.from_file(path, "en", lang, **options)
 
     def skipped(self) -> dict[str, dict[str, int]]:
         return {s.path: dict(s.skipped) for s in self.stats if s.skipped}

@@ -6,16 +6,23 @@ each reader fills a :class:`ReadStats` that the caller can log, so nothing is dr
 
 Formats
 -------
-* monolingual text: one sentence per line; empty lines are counted skips.
+* monolingual text: one sentence per line; empty lines and lines of invisible characters only
+  (zero-width spaces and other Unicode format characters) are counted skips.
+* monolingual JSONL: one JSON object per line, the sentence in ``"text"``.
 * parallel TSV: ``src<TAB>tgt`` per line; a line without exactly one tab is an error
-  (a TSV with a broken column is a broken file, not noise); lines with an empty side are
-  counted skips.
+  (a TSV with a broken column is a broken file, not noise).  Counted skips: lines with an empty
+  (or invisible-only) side, a header line (``en<TAB>de``, ``source<TAB>target``) as the first
+  line, and untranslated copies (target equal to source, as corpus filters such as OpusFilter's
+  ``IdenticalFilter`` drop them).
+* parallel JSONL: one JSON object per line, ``{"en": ..., "de": ...}`` or the hub's translation
+  layout ``{"translation": {"en": ..., "de": ...}}``; the same skips as TSV.
 * parallel Moses: two line-aligned files; different line counts are an error naming both.
 * MUSE-style dictionaries: ``src tgt`` separated by a tab or by whitespace (multi-word entries
   need the tab).  Malformed lines (one field, or more than two whitespace fields without a tab)
   are counted skips whose line numbers are logged; if *no* line of a non-empty file is usable the
   whole file is malformed and an :class:`InputError` is raised (wrong file, wrong format).
-* FreeDict TEI XML: ``(headword, [translations])`` via ``xml.etree.ElementTree.iterparse``.
+* FreeDict TEI XML: ``(headword, [translations])``, parsed incrementally with
+  ``xml.etree.ElementTree.XMLPullParser`` so that skipped entries are counted with their line.
 * Hub datasets: :func:`load_hub_parallel` / :func:`load_hub_text` call
   ``datasets.load_dataset`` when the name is not an existing path (needs network; not tested
   offline).
@@ -25,7 +32,10 @@ Text decoding (BOM, CRLF, invalid UTF-8, NUL bytes) is :func:`veco2.fileio.iter_
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import unicodedata
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,18 +76,69 @@ class ReadStats:
         if not self.skipped:
             log.info("%s: %d records read, %d kept", self.path, self.read, self.kept)
             return
-        details = "; ".join(
-            f"{reason}: {count} (lines {', '.join(map(str, self.skipped_lines.get(reason, [])))}"
-            f"{', ...' if count > len(self.skipped_lines.get(reason, [])) else ''})"
-            for reason, count in sorted(self.skipped.items())
-        )
+        details = "; ".join(f"{reason}: {count}{self._where(reason, count)}"
+                            for reason, count in sorted(self.skipped.items()))
         log.warning("%s: %d read, %d kept, skipped %s", self.path, self.read, self.kept, details)
+
+
+    def _where(self, reason: str, count: int) -> str:
+        """`` (lines 4, 5, ...)``: the kept line numbers of one reason; empty when none were kept."""
+        lines = self.skipped_lines.get(reason, [])
+        if not lines:
+            return ""
+        return f" (lines {', '.join(map(str, lines))}{', ...' if count > len(lines) else ''})"
 
 
 def _stats(stats: ReadStats | None, path: str | Path) -> ReadStats:
     stats = stats if stats is not None else ReadStats()
     stats.path = str(path)
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by the readers
+# ---------------------------------------------------------------------------------------------
+
+INVISIBLE_LINE = "invisible characters only"
+INVISIBLE_SIDE = "side of invisible characters only"
+HEADER_LINE = "header line"
+UNTRANSLATED = "target equals source (untranslated)"
+
+#: Column names of a header line: ``source``/``target`` and their usual spellings (``src``,
+#: ``tgt``, ``trg``, ``text``, ``sentence``, ``translation``, optionally with a ``_text`` /
+#: ``_sentence`` / ``_lang`` suffix), or language codes (``en``, ``de``, ``eng``, ``zh-CN``).
+_COLUMN_NAME = re.compile(r"(?:src|source|tgt|trg|target|text|sentence|translation|word|headword)"
+                          r"(?:[-_ ]?(?:text|sentence|lang|language|word))?", re.I)
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][a-z]{2,4})?", re.I)
+
+
+def looks_like_header(fields: list[str] | tuple[str, ...]) -> bool:
+    """Whether the two fields of a file's first line are column names, not data: both name columns
+    (``source<TAB>target``), or both are language codes one of which is English (``en<TAB>de``:
+    every corpus and dictionary of veco2 pairs English with another language)."""
+    if len(fields) != 2 or fields[0].casefold() == fields[1].casefold():
+        return False
+    if all(_COLUMN_NAME.fullmatch(f.strip()) for f in fields):
+        return True
+    codes = [f.strip().casefold() for f in fields]
+    return all(_LANGUAGE_CODE.fullmatch(c) for c in codes) and bool({"en", "eng"} & {c[:3].rstrip("-_") for c in codes})
+
+
+def invisible_only(text: str) -> bool:
+    """Non-empty ``text`` made only of whitespace and Unicode format characters (category ``Cf``:
+    zero-width space, zero-width joiners, word joiner, BOM, soft hyphen, bidi marks)."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
+def _pair_skip(src: str, tgt: str) -> str | None:
+    """The skip reason of a stripped parallel pair, or None when it is kept."""
+    if not src or not tgt:
+        return "empty side"
+    if invisible_only(src) or invisible_only(tgt):
+        return INVISIBLE_SIDE
+    if src == tgt:
+        return UNTRANSLATED
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +149,8 @@ def _stats(stats: ReadStats | None, path: str | Path) -> ReadStats:
 def read_monolingual(path: str | Path, stats: ReadStats | None = None) -> Iterator[str]:
     """Yield the non-empty, whitespace-stripped lines of a text file (``.gz`` ok).
 
-    Empty (or whitespace-only) lines are counted in ``stats.skipped["empty line"]``.
+    Empty (or whitespace-only) lines are counted in ``stats.skipped["empty line"]``, lines of
+    invisible characters only in ``stats.skipped[INVISIBLE_LINE]``.
     """
     stats = _stats(stats, path)
     for number, text in iter_lines(path):
@@ -97,6 +159,9 @@ def read_monolingual(path: str | Path, stats: ReadStats | None = None) -> Iterat
         if not text:
             stats.skip("empty line", number)
             continue
+        if invisible_only(text):
+            stats.skip(INVISIBLE_LINE, number)
+            continue
         stats.kept += 1
         yield text
 
@@ -104,8 +169,9 @@ def read_monolingual(path: str | Path, stats: ReadStats | None = None) -> Iterat
 def read_parallel(path: str | Path, stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(src, tgt)`` from a TSV file with exactly two columns per line.
 
-    Raises :class:`InputError` for a line with no tab or more than one tab.  Empty lines and
-    lines with an empty side are counted skips.
+    Raises :class:`InputError` for a line with no tab or more than one tab.  Counted skips: empty
+    lines, pairs with an empty or invisible-only side, a header as the first line
+    (:func:`looks_like_header`), untranslated copies (target equal to source).
     """
     stats = _stats(stats, path)
     for number, text in iter_lines(path):
@@ -117,16 +183,87 @@ def read_parallel(path: str | Path, stats: ReadStats | None = None) -> Iterator[
         if len(columns) != 2:
             raise InputError(path, number, f"expected 2 tab-separated columns (src<TAB>tgt), found {len(columns)}")
         src, tgt = columns[0].strip(), columns[1].strip()
-        if not src or not tgt:
-            stats.skip("empty side", number)
+        reason = HEADER_LINE if number == 1 and looks_like_header((src, tgt)) else _pair_skip(src, tgt)
+        if reason is not None:
+            stats.skip(reason, number)
+            continue
+        stats.kept += 1
+        yield src, tgt
+
+
+def _json_objects(path: str | Path) -> Iterator[tuple[int, dict | None]]:
+    """``(line_number, object)`` per line of a JSONL file; ``None`` for a blank line.  A line that is
+    not JSON, or not a JSON object, is an :class:`InputError` (a corpus is not a log: its last line
+    is data too)."""
+    for number, text in iter_lines(path):
+        if not text.strip():
+            yield number, None
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(path, number, f"corrupt JSON line: {err.msg} (column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(path, number, f"expected a JSON object per line, got {type(record).__name__}")
+        yield number, record
+
+
+def _json_text(record: dict, key: str, path: str | Path, number: int, container: str | None = None) -> str:
+    value = record.get(key) if container is None else record[container].get(key)
+    where = key if container is None else f"{container}.{key}"
+    if value is None:
+        fields = sorted(record if container is None else record[container])
+        raise InputError(path, number, f"no field {where!r} (fields: {', '.join(map(repr, fields))})")
+    if not isinstance(value, str):
+        raise InputError(path, number, f"field {where!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_monolingual_jsonl(path: str | Path, stats: ReadStats | None = None, field: str = "text") -> Iterator[str]:
+    """Yield the ``field`` of each JSON object of a JSONL file (``.gz`` ok), stripped; the same skips
+    as :func:`read_monolingual`.  A missing or non-string field is an :class:`InputError`."""
+    stats = _stats(stats, path)
+    for number, record in _json_objects(path):
+        stats.read += 1
+        if record is None:
+            stats.skip("empty line", number)
+            continue
+        text = _json_text(record, field, path, number).strip()
+        if not text:
+            stats.skip("empty line", number)
+            continue
+        if invisible_only(text):
+            stats.skip(INVISIBLE_LINE, number)
+            continue
+        stats.kept += 1
+        yield text
+
+
+def read_parallel_jsonl(path: str | Path, src_lang: str, tgt_lang: str,
+                        stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ``(src, tgt)`` from a JSONL file of ``{"SRC": ..., "TGT": ...}`` objects, or of
+    ``{"translation": {"SRC": ..., "TGT": ...}}`` (the layout of the hub's translation datasets,
+    e.g. ``wmt/wmt19``).  The same skips as :func:`read_parallel`, except headers (JSON has none);
+    a missing or non-string field is an :class:`InputError`."""
+    stats = _stats(stats, path)
+    for number, record in _json_objects(path):
+        stats.read += 1
+        if record is None:
+            stats.skip("empty line", number)
+            continue
+        container = "translation" if isinstance(record.get("translation"), dict) else None
+        src = _json_text(record, src_lang, path, number, container).strip()
+        tgt = _json_text(record, tgt_lang, path, number, container).strip()
+        reason = _pair_skip(src, tgt)
+        if reason is not None:
+            stats.skip(reason, number)
             continue
         stats.kept += 1
         yield src, tgt
 
 
 def _count_lines(path: str | Path) -> int:
-    with open_text(path) as handle:
-        return sum(1 for _ in handle)
+    return sum(1 for _ in iter_lines(path))  # decoding errors are reported here, before any pair
 
 
 def read_parallel_moses(
@@ -135,8 +272,8 @@ def read_parallel_moses(
     """Yield ``(src, tgt)`` from two line-aligned files (Moses layout, ``.gz`` ok).
 
     The line counts are checked *before* anything is yielded: a mismatch raises an
-    :class:`InputError` naming both files and both counts.  Line pairs where either side is
-    empty are counted skips.
+    :class:`InputError` naming both files and both counts.  Line pairs with an empty or
+    invisible-only side and untranslated copies are counted skips.
     """
     src_lines, tgt_lines = _count_lines(src_path), _count_lines(tgt_path)
     if src_lines != tgt_lines:
@@ -148,8 +285,9 @@ def read_parallel_moses(
     for (number, src), (_, tgt) in zip(iter_lines(src_path), iter_lines(tgt_path)):
         stats.read += 1
         src, tgt = src.strip(), tgt.strip()
-        if not src or not tgt:
-            stats.skip("empty side", number)
+        reason = _pair_skip(src, tgt)
+        if reason is not None:
+            stats.skip(reason, number)
             continue
         stats.kept += 1
         yield src, tgt
@@ -165,8 +303,10 @@ def read_dictionary(path: str | Path, stats: ReadStats | None = None) -> list[tu
 
     A line is ``src<TAB>tgt`` (either side may contain spaces) or, without a tab, exactly two
     whitespace-separated words.  Empty lines and malformed lines (one field, or more than two
-    fields without a tab, or more than one tab) are counted skips whose line numbers are logged.
-    Duplicate pairs are kept (a dictionary may list them; callers dedup if they need to).
+    fields without a tab, or more than one tab) are counted skips whose line numbers are logged,
+    and so are a header as the first line (:func:`looks_like_header`) and entries with an
+    invisible-only side.  Duplicate pairs are kept (a dictionary may list them;
+    :class:`~veco2.data.synonyms.SynonymMiner` merges and counts them).
 
     Raises :class:`InputError` when the file has content but not one usable line: that is the
     wrong file or the wrong format, not a few noisy lines.
@@ -184,6 +324,12 @@ def read_dictionary(path: str | Path, stats: ReadStats | None = None) -> list[tu
             fields = text.split()
         if len(fields) != 2 or not fields[0] or not fields[1]:
             stats.skip("malformed line (need 'src tgt' or 'src<TAB>tgt')", number)
+            continue
+        if number == 1 and looks_like_header(fields):
+            stats.skip(HEADER_LINE, number)
+            continue
+        if invisible_only(fields[0]) or invisible_only(fields[1]):
+            stats.skip(INVISIBLE_SIDE, number)
             continue
         pairs.append((fields[0], fields[1]))
     stats.kept = len(pairs)
@@ -209,41 +355,58 @@ def read_freedict_tei(path: str | Path, stats: ReadStats | None = None) -> Itera
 
     Headword: the text of ``form/orth`` (first one).  Translations: the texts of every
     ``cit[@type="trans"]/quote`` in the entry, in document order, without duplicates.  Entries
-    without a headword or without any translation are counted skips.  Malformed XML raises an
-    :class:`InputError` with the parser's line number.  Works with and without the TEI namespace.
+    without a headword or without any translation are counted skips, with the line where the entry
+    ends.  Malformed XML raises an :class:`InputError` with the parser's line number.  Works with
+    and without the TEI namespace.
     """
     stats = _stats(stats, path)
-    handle = open_text(path)
+    parser = ET.XMLPullParser(events=("end",))
+    number = 0
     try:
-        for _event, element in ET.iterparse(handle, events=("end",)):
-            if _local(element.tag) != "entry":
-                continue
-            stats.read += 1
-            headword = None
-            translations: list[str] = []
-            for node in element.iter():
-                name = _local(node.tag)
-                if name == "orth" and headword is None and (node.text or "").strip():
-                    headword = " ".join(node.text.split())
-                elif name == "cit" and node.get("type") == "trans":
-                    for quote in node.iter():
-                        if _local(quote.tag) == "quote" and (quote.text or "").strip():
-                            text = " ".join(quote.text.split())
-                            if text not in translations:
-                                translations.append(text)
-            element.clear()  # keep memory flat on 100k-entry dictionaries
-            if headword is None:
-                stats.skip("entry without headword")
-                continue
-            if not translations:
-                stats.skip("entry without translation")
-                continue
-            stats.kept += 1
-            yield headword, translations
+        with open_text(path) as handle:
+            # Fed line by line, so that every event read after a feed ends on the line just fed.
+            for number, raw in enumerate(_raw_lines(path, handle), 1):
+                parser.feed(raw)
+                yield from _tei_entries(parser, stats, number)
+            parser.close()
+            yield from _tei_entries(parser, stats, number)
     except ET.ParseError as err:
         raise InputError(path, err.position[0], f"malformed TEI XML: {err}") from None
-    finally:
-        handle.close()
+
+
+def _raw_lines(path: str | Path, handle) -> Iterator[bytes]:
+    try:
+        yield from handle
+    except (EOFError, OSError) as err:  # truncated or corrupt .gz
+        raise InputError(path, None, f"corrupt compressed file ({type(err).__name__}: {err})") from None
+
+
+def _tei_entries(parser: ET.XMLPullParser, stats: ReadStats, line: int) -> Iterator[tuple[str, list[str]]]:
+    for _event, element in parser.read_events():
+        if _local(element.tag) != "entry":
+            continue
+        stats.read += 1
+        headword = None
+        translations: list[str] = []
+        for node in element.iter():
+            name = _local(node.tag)
+            if name == "orth" and headword is None and (node.text or "").strip():
+                headword = " ".join(node.text.split())
+            elif name == "cit" and node.get("type") == "trans":
+                for quote in node.iter():
+                    if _local(quote.tag) == "quote" and (quote.text or "").strip():
+                        text = " ".join(quote.text.split())
+                        if text not in translations:
+                            translations.append(text)
+        element.clear()  # keep memory flat on 100k-entry dictionaries
+        if headword is None:
+            stats.skip("entry without headword", line)
+            continue
+        if not translations:
+            stats.skip("entry without translation", line)
+            continue
+        stats.kept += 1
+        yield headword, translations
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ tokenizing again.  Layout of a shard directory::
 
 Token arrays are flat int32 with int64 offsets (sentence ``i`` is ``tokens[offsets[i]:offsets[i+1]]``),
 without special tokens; the collator adds them.  Sentences longer than ``max_length - 2`` tokens
-are cut (counted in the manifest), empty ones are skipped (counted).
+are cut (counted in the manifest: ``mono.LANG.truncated``, ``bi.LANG.truncated`` -- a parallel
+pair is cut before dictionary matching, see :mod:`veco2.data.synonyms`), empty ones are skipped
+(counted).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def build_shards(corpus: Corpus, tokenizer, languages: list[str], max_length: in
             continue
         pairs = corpus.parallel(lang, "train")
         dict_path = corpus.dictionary_path(lang)
-        miner = SynonymMiner.from_tsv(dict_path, "en", lang) if dict_path else SynonymMiner([], "en", lang)
+        miner = corpus.dictionary(lang) if dict_path else SynonymMiner([], "en", lang)
         stats = MiningStats()
         empty = 0
         for mined in mine_corpus(pairs, miner, tokenizer, batch_size=batch_size, max_length=limit, stats=stats):
@@ -88,7 +90,11 @@ def build_shards(corpus: Corpus, tokenizer, languages: list[str], max_length: in
             bi_lang.append(lang_id)
         manifest["bi"][lang] = {**stats.as_dict(), "empty_after_tokenization": empty,
                                 "dictionary": str(dict_path) if dict_path else None,
-                                "dictionary_skipped_entries": miner.skipped_entries}
+                                "dictionary_skipped_entries": miner.skipped_entries,
+                                "dictionary_duplicate_entries": miner.duplicate_entries}
+        if stats.truncated:
+            log.warning("en-%s: %d parallel pairs cut to data.max_length=%d tokens per side (before dictionary "
+                        "matching)", lang, stats.truncated, max_length)
         if not dict_path:
             log.warning("no dictionary for en-%s: the token-level loss sees no pairs of this language", lang)
     if not mono_seqs or not src_seqs:

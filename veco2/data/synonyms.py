@@ -30,7 +30,14 @@ reconstruction with every choice named and documented:
    sequence encoded *without* special tokens, end exclusive.  A word takes every subword whose
    character offsets overlap it (so a piece that straddles a word boundary belongs to both words);
    a lone ``▁`` piece at either edge (Metaspace's prepended space) is trimmed.  A word left with no
-   subword (cut off by ``max_length``) is dropped and counted.
+   subword is dropped and counted (``unmappable``).
+5. **Truncation first.**  With ``max_length``, a side longer than ``max_length`` tokens is cut
+   *before* matching: to the characters of its first ``max_length`` tokens, extended to the end of
+   the word the last kept token is in (space-delimited scripts), so that a dictionary unit must
+   lie inside the kept text.  Matching a whole over-long line first and cutting afterwards costs
+   time quadratic in the line (every repeated word is a candidate for every other); cut first, the
+   work per pair is bounded by ``max_length``.  Relative positions (``repeats="nearest"``) stay
+   relative to the whole sentence.  Cut pairs are counted (``MiningStats.truncated``).
 
 Corpus mining (:func:`mine_corpus`) encodes each batch of pairs with one tokenizer call (on a helper
 thread, overlapping the Python matching of the same batch) and can spread batches over processes;
@@ -304,22 +311,32 @@ class SynonymMiner:
         self.tgt = _Side(_is_unspaced(tgt_segmentation, tgt_lang, [t for _, t in entries]))
         translations: dict[int, set[int]] = collections.defaultdict(set)
         self.skipped_entries = 0
+        self.duplicate_entries = 0  # entries equal to an earlier one after normalisation (merged)
         for src, tgt in entries:
             src_key, tgt_key = self.src.key(src), self.tgt.key(tgt)
             if not src_key or not tgt_key:
                 self.skipped_entries += 1
                 continue
-            translations[self.src.add(src_key)].add(self.tgt.add(tgt_key))
+            targets = translations[self.src.add(src_key)]
+            tgt_id = self.tgt.add(tgt_key)
+            if tgt_id in targets:
+                self.duplicate_entries += 1
+            targets.add(tgt_id)
         self.src.freeze()
         self.tgt.freeze()
         self.translations: list[frozenset[int]] = [frozenset(translations[i]) for i in range(len(self.src.vocab))]
         if self.skipped_entries:
             log.info("dictionary %s-%s: skipped %d entries without a word", src_lang, tgt_lang, self.skipped_entries)
+        if self.duplicate_entries:
+            log.info("dictionary %s-%s: merged %d duplicate entries", src_lang, tgt_lang, self.duplicate_entries)
 
     @classmethod
     def from_tsv(cls, path: str | Path, src_lang: str | None = None, tgt_lang: str | None = None, **options):
-        """Read ``source<TAB>target`` lines (optionally gzipped).  Blank lines are ignored; a line
-        without exactly one tab raises an :class:`InputError` naming the file and line."""
+        """Read ``source<TAB>target`` lines (optionally gzipped).  Blank lines are ignored, a header as
+        the first line (``en<TAB>de``, ``source<TAB>target``) is skipped and logged; a line without
+        exactly one tab raises an :class:`InputError` naming the file and line."""
+        from .readers import looks_like_header
+
         entries = []
         for number, line in iter_lines(path):
             if not line.strip():
@@ -327,7 +344,35 @@ class SynonymMiner:
             fields = line.split("\t")
             if len(fields) != 2:
                 raise InputError(path, number, f"expected 'source<TAB>target', found {len(fields)} field(s)")
+            if number == 1 and looks_like_header([f.strip() for f in fields]):
+                log.warning("%s:1: skipped a header line (%r)", path, line)
+                continue
             entries.append((fields[0], fields[1]))
+        return cls._from_entries_of(path, entries, src_lang, tgt_lang, **options)
+
+    @classmethod
+    def from_file(cls, path: str | Path, src_lang: str | None = None, tgt_lang: str | None = None, **options):
+        """Read a dictionary in the format its name says (``.gz`` ok): ``.tsv`` (:meth:`from_tsv`),
+        ``.tei`` / ``.xml`` (FreeDict TEI, :func:`~veco2.data.readers.read_freedict_tei`: one entry
+        per listed translation) or ``.txt`` (MUSE-style ``src tgt``,
+        :func:`~veco2.data.readers.read_dictionary`)."""
+        from .readers import ReadStats, read_dictionary, read_freedict_tei
+
+        kind = dictionary_format(path)
+        if kind == "tsv":
+            return cls.from_tsv(path, src_lang, tgt_lang, **options)
+        stats = ReadStats()
+        if kind == "tei":
+            entries = [(head, t) for head, translations in read_freedict_tei(path, stats) for t in translations]
+            if stats.skipped:
+                stats.log_summary()
+        else:
+            entries = read_dictionary(path, stats)  # logs its own skips
+        return cls._from_entries_of(path, entries, src_lang, tgt_lang, **options)
+
+    @classmethod
+    def _from_entries_of(cls, path, entries, src_lang, tgt_lang, **options):
+        """The miner of the entries read from ``path``; a file without a usable entry is an error."""
         if not entries:
             raise InputError(path, None, "dictionary has no entries")
         miner = cls(entries, src_lang, tgt_lang, **options)
@@ -337,15 +382,23 @@ class SynonymMiner:
         if miner.skipped_entries:
             log.warning("%s: skipped %d of %d entries without a word on one side (unknown script or punctuation)",
                         path, miner.skipped_entries, len(entries))
+        if miner.duplicate_entries:
+            log.warning("%s: merged %d of %d entries that repeat an earlier entry (after NFKC and case folding)",
+                        path, miner.duplicate_entries, len(entries))
         return miner
 
     def __len__(self) -> int:
         """Number of distinct (source entry, target entry) translation pairs."""
         return sum(len(t) for t in self.translations)
 
-    def match(self, src_text: str, tgt_text: str) -> list[WordPair]:
+    def match(self, src_text: str, tgt_text: str, src_length: int | None = None,
+              tgt_length: int | None = None) -> list[WordPair]:
         """Word pairs ``((s_start, s_end), (t_start, t_end))`` (character offsets, end exclusive) of
-        ``src_text`` and ``tgt_text`` that the dictionary lists as translations, in source order."""
+        ``src_text`` and ``tgt_text`` that the dictionary lists as translations, in source order.
+
+        ``src_length`` / ``tgt_length``: the length of the whole sentence when the text is a cut
+        prefix of it, so that ``repeats="nearest"`` compares positions relative to the whole sentence.
+        """
         src_units = self.src.segment(src_text)
         if not src_units:
             return []
@@ -359,7 +412,8 @@ class SynonymMiner:
         translations, pairs = self.translations, []
         nearest = self.repeats == "nearest"
         used = [False] * len(tgt_units)
-        src_len, tgt_len = 2 * max(len(src_text), 1), 2 * max(len(tgt_text), 1)
+        src_len = 2 * max(len(src_text) if src_length is None else src_length, 1)
+        tgt_len = 2 * max(len(tgt_text) if tgt_length is None else tgt_length, 1)
         for s0, s1, s_id in src_units:
             wanted = translations[s_id]
             if len(wanted) <= len(by_id):
@@ -389,6 +443,16 @@ class SynonymMiner:
                 used[best] = True
                 pairs.append(((s0, s1), tgt_units[best][:2]))
         return pairs
+
+
+def dictionary_format(path: str | Path) -> str:
+    """``"tsv"``, ``"tei"`` or ``"muse"`` from a dictionary file's name (``.gz`` ignored)."""
+    name = Path(path).name.removesuffix(".gz")
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    kinds = {"tsv": "tsv", "tei": "tei", "xml": "tei", "txt": "muse"}
+    if suffix not in kinds:
+        raise InputError(path, None, "unknown dictionary format (expected .tsv, .tei, .xml or .txt, optionally .gz)")
+    return kinds[suffix]
 
 
 def _is_unspaced(segmentation: str, lang: str | None, entries: Sequence[str]) -> bool:
@@ -452,19 +516,21 @@ class MinedPair:
 
 @dataclass
 class MiningStats:
-    """Counts over mined pairs; ``unmappable`` counts word matches dropped because no subword was left
-    (``max_length`` truncation)."""
+    """Counts over mined pairs; ``truncated`` counts pairs with a side cut to ``max_length`` tokens,
+    ``unmappable`` word matches dropped because no subword covers them."""
 
     pairs: int = 0
     pairs_with_match: int = 0
     matches: int = 0
     unmappable: int = 0
+    truncated: int = 0
 
     def add(self, other: "MiningStats") -> None:
         self.pairs += other.pairs
         self.pairs_with_match += other.pairs_with_match
         self.matches += other.matches
         self.unmappable += other.unmappable
+        self.truncated += other.truncated
 
     def as_dict(self) -> dict:
         return {
@@ -474,6 +540,7 @@ class MiningStats:
             "matches": self.matches,
             "matches_per_pair": self.matches / self.pairs if self.pairs else 0.0,
             "unmappable": self.unmappable,
+            "truncated": self.truncated,
         }
 
 
@@ -514,16 +581,31 @@ class _BatchMiner:
     def __call__(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[MinedPair], MiningStats]:
         n = len(pairs)
         pending = self._encoder.submit(self._encode, pairs) if self._encoder is not None else None
-        match = self.miner.match
-        word_pairs_per_pair = [match(src_text, tgt_text) for src_text, tgt_text in pairs]
+        match, limit = self.miner.match, self.max_length
+        # While the batch is encoded, match the pairs short enough to be matched whole at little cost.
+        # A pair that turns out longer than `limit` tokens is matched again on its cut text below, so
+        # the result does not depend on this bound, only the time does.
+        bound = None if limit is None else EARLY_MATCH_CHARS_PER_TOKEN * max(limit, 1)
+        early = [match(s, t) if bound is None or (len(s) <= bound and len(t) <= bound) else None for s, t in pairs]
         encodings = pending.result() if pending is not None else self._encode(pairs)
         stats, out = MiningStats(pairs=n), []
-        limit, lone = self.max_length, self.lone_space_id
-        for i, word_pairs in enumerate(word_pairs_per_pair):
+        lone = self.lone_space_id
+        for i, word_pairs in enumerate(early):
             src_enc, tgt_enc = encodings[i], encodings[n + i]
+            src_long = limit is not None and len(src_enc) > limit
+            tgt_long = limit is not None and len(tgt_enc) > limit
+            if src_long or tgt_long:
+                stats.truncated += 1
+                src_text, tgt_text = pairs[i]
+                for encoding, long in ((src_enc, src_long), (tgt_enc, tgt_long)):
+                    if long:  # in Rust, before ids and offsets become Python lists of the whole line
+                        encoding.truncate(limit)
+                word_pairs = match(self._cut(src_text, src_enc.offsets, self.miner.src) if src_long else src_text,
+                                   self._cut(tgt_text, tgt_enc.offsets, self.miner.tgt) if tgt_long else tgt_text,
+                                   len(src_text), len(tgt_text))
+            elif word_pairs is None:
+                word_pairs = match(*pairs[i])
             src_ids, tgt_ids = src_enc.ids, tgt_enc.ids
-            if limit is not None:
-                src_ids, tgt_ids = src_ids[:limit], tgt_ids[:limit]
             spans = []
             if word_pairs:
                 src_offsets, tgt_offsets = src_enc.offsets[: len(src_ids)], tgt_enc.offsets[: len(tgt_ids)]
@@ -539,6 +621,26 @@ class _BatchMiner:
                 stats.matches += len(spans)
             out.append(MinedPair(src_ids, tgt_ids, spans))
         return out, stats
+
+    def _cut(self, text: str, offsets: Sequence[tuple[int, int]], side: _Side) -> str:
+        """The prefix of ``text`` that its first ``max_length`` tokens (``offsets``, the offsets of at
+        least those) cover, up to the end of the word the last of them is in (space-delimited side)."""
+        kept = min(self.max_length, len(offsets))
+        if kept <= 0:
+            return ""
+        end = max(offsets[kept - 1][1], 0)
+        if not side.unspaced and 0 < end < len(text):
+            word = _word_pattern(text)
+            if word.fullmatch(text, end - 1, end):  # the cut falls inside a word: keep the whole word
+                rest = word.match(text, end)
+                if rest is not None:
+                    end = rest.end()
+        return text[:end]
+
+
+#: Pairs up to this many characters per token of ``max_length`` on each side are matched while the
+#: batch is being encoded (module docstring, point 5); longer ones after, on their cut text.
+EARLY_MATCH_CHARS_PER_TOKEN = 8
 
 
 _WORKER: _BatchMiner | None = None
@@ -586,8 +688,8 @@ def mine_corpus(
             ``2 * batch_size`` texts is encoded in one call (no special tokens).
         num_workers: 1 = in this process (the tokenizer still uses its own threads); more = that many
             processes, each mining whole batches, with at most ``2 * num_workers`` batches in flight.
-        max_length: cut each side's ids to this many tokens (spans falling outside are counted in
-            ``stats.unmappable``); None keeps everything.
+        max_length: cut each side to this many tokens before matching (module docstring, point 5;
+            cut pairs are counted in ``stats.truncated``); None keeps everything.
         stats: if given, updated with the counts of every batch as it is yielded.
         overlap: encode each batch on a helper thread while matching it (the tokenizer releases the
             GIL); False runs them one after the other (same result).
@@ -690,6 +792,7 @@ __all__ = [
     "backend_of",
     "base_language",
     "char_to_token_spans",
+    "dictionary_format",
     "load_spans",
     "mine_corpus",
     "normalize",
