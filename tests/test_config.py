@@ -106,3 +106,23 @@ def test_one_weights_hash_ignores_exactly_the_bookkeeping_settings():
     for override in ("training.lr=0.1", "training.seed=5", "objectives.seq.weight=0.5", "data.max_length=32",
                      "model.size=small"):
         assert weights_hash(load_config(overrides=[override])) != base, override
+
+
+@pytest.mark.parametrize("text, message", [
+    ("training:\n  lr: 0.1\n  lr: 0.2\n", r"bad\.yaml:3: .*lr.*"),                  # a key given twice
+    ("objectives:\n  seq: {weight: .nan}\n", r"bad\.yaml:2: .*finite"),          # .nan would switch the loss off
+    ("objectives:\n  tok: {weight: .inf}\n", r"bad\.yaml:2: .*finite"),
+    ("a: " + "[" * 10000 + "]" * 10000 + "\n", r"bad\.yaml:1: .*deep"),          # RecursionError before
+])
+def test_config_files_reject_duplicates_non_finite_numbers_and_runaway_nesting(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("override", ["objectives.seq.weight=.nan", "objectives.tok.weight=.inf", "training.lr=-.inf"])
+def test_overrides_reject_non_finite_numbers(override):
+    with pytest.raises(ConfigError, match="is not a finite number"):
+        load_config(overrides=[override])

@@ -193,3 +193,20 @@ def test_cli_registers_the_three_commands(tmp_path, capsys):
     prefetch.write_manifest(root)
     args = parser.parse_args(["prefetch", "--verify", str(root)])
     assert args.func(args) == 0 and "files match" in capsys.readouterr().out
+
+
+def test_conll_files_with_untagged_tokens_or_space_columns_name_file_and_line(tmp_path):
+    from veco2.errors import InputError
+    from veco2.xtreme.data import read_conll
+
+    mixed = tmp_path / "train-en.tsv"
+    mixed.write_text("The\tDET\ndog\tNOUN\n\nA\nbird\tNOUN\n")
+    with pytest.raises(InputError, match=r"train-en\.tsv:4: a token without a tag in a tagged file \(line 1 has one\)"):
+        read_conll(mixed, labels=["DET", "NOUN"])
+    spaces = tmp_path / "dev-en.tsv"
+    spaces.write_text("The DET\ndog NOUN\n")
+    with pytest.raises(InputError, match=r"dev-en\.tsv:1: columns separated by spaces, not a TAB"):
+        read_conll(spaces, labels=["DET", "NOUN"])
+    placeholder = tmp_path / "test-de.tsv"  # the official test files: words only, no tags at all
+    placeholder.write_text("Der\nHund\n\nEin\n")
+    assert [s["tags"] for s in read_conll(placeholder, labels=["DET", "NOUN"])] == [None, None]

@@ -18,6 +18,7 @@ them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .fileio import load_yaml
 
 #: Field metadata of a setting that does not change the trained weights (where checkpoints go, how
 #: often to log, what to evaluate afterwards ...): it may change between a run and its resumption,
@@ -410,6 +412,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, float) and not math.isfinite(value):  # .nan would silently switch a loss off
+        raise ConfigError(f"override {text!r}: {raw!r} is not a finite number")
     return key.strip().split("."), value
 
 
@@ -441,16 +445,10 @@ def _key_lines(text: str) -> dict[str, int]:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    # strict: a key given twice, a non-finite number or runaway nesting is an error naming the line
+    data = load_yaml(path, error=ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -240,6 +240,7 @@ def read_conll(path: str | Path, labels: Iterable[str] = ()) -> list[dict]:
             words.clear()
             tags.clear()
 
+    first_tagged = first_untagged = None  # a file is tagged throughout or not at all (test placeholders)
     for number, line in iter_lines(path):
         if not line.strip():
             flush()
@@ -248,8 +249,19 @@ def read_conll(path: str | Path, labels: Iterable[str] = ()) -> list[dict]:
         if len(fields) > 2 or not fields[0]:
             raise InputError(path, number, f"expected 'word<TAB>tag', got {line!r}")
         tag = fields[1].strip() if len(fields) == 2 else None
+        if tag is None and labels and len(fields[0].split()) == 2 and fields[0].split()[1] in labels:
+            raise InputError(path, number, f"columns separated by spaces, not a TAB: {line!r}")
         if tag is not None and labels and tag not in labels:
             raise InputError(path, number, f"tag {tag!r} is not one of {', '.join(sorted(labels))}")
+        if tag is None:
+            first_untagged = first_untagged or number
+        else:
+            first_tagged = first_tagged or number
+        if first_tagged and first_untagged:
+            raise InputError(path, max(first_tagged, first_untagged),
+                             f"a token without a tag in a tagged file (line {first_tagged} has one)"
+                             if first_untagged > first_tagged else
+                             f"a tagged token in a file whose line {first_untagged} has no tag")
         words.append(fields[0])
         tags.append(tag)
     flush()

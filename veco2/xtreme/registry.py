@@ -40,9 +40,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import Veco2Error
+from ..fileio import load_yaml
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 FAMILIES = ("classification", "tagging", "qa", "retrieval")
@@ -97,12 +96,7 @@ class TaskSpec:
 
 
 def _parse(path: Path) -> TaskSpec:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        from ..errors import InputError
-        raise InputError(path, None if line is None else line + 1, f"bad YAML: {err}") from None
+    raw = load_yaml(path)  # strict: duplicate keys and non-finite numbers are errors naming the line
     if not isinstance(raw, dict):
         raise Veco2Error(f"{path}: a task file must be a YAML mapping")
     missing = [key for key in REQUIRED_KEYS if key not in raw]
