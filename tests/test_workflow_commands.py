@@ -165,6 +165,18 @@ def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, scale_com
     assert seen == expected_models
 
 
+@pytest.mark.parametrize("scale", SCALES)
+def test_retrieval_jobs_encode_with_the_scale_settings(scale, scale_commands):
+    jobs = finetune_jobs(scale_commands(scale), "evaluate")
+    assert jobs
+    for _prefix, args in jobs:
+        if scale == "demo":
+            assert option_values(args, "--mixed-precision") == ["no"] and not option_values(args, "--batch-size")
+        else:
+            assert option_values(args, "--mixed-precision") == ["bf16"] and option_values(args, "--batch-size") == ["256"]
+        assert option_values(args, "--layer") == ["all"]
+
+
 def test_baselines_are_fine_tuned_and_scored_by_name_without_pretraining(scale_commands):
     commands = scale_commands("base")
     assert sorted(pretrain_jobs(commands)) == VARIANTS  # no pre-training job for the baseline

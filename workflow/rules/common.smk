@@ -228,7 +228,10 @@ def evaluate_args(wildcards):
     layer = config["retrieval"]["layer"]
     if layer is not None:
         args += ["--layer", str(layer)]
-    return args + ["--pooling", config["retrieval"]["pooling"]]
+    args += ["--pooling", config["retrieval"]["pooling"], "--mixed-precision", config["retrieval"]["mixed_precision"]]
+    if config["retrieval"]["batch_size"] is not None:
+        args += ["--batch-size", str(config["retrieval"]["batch_size"])]
+    return args
 
 
 def xtreme_data_input(wildcards):
