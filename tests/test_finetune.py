@@ -108,6 +108,7 @@ def test_classification_end_to_end_deterministic(tiny_pretrained_dir, tiny_root,
     assert result["task_score"] == pytest.approx(
         (result["scores"]["en"]["accuracy"] + result["scores"]["de"]["accuracy"]) / 2)
     assert result["model"]["config_hash"] and "git_commit" in result["provenance"]
+    assert result["model"]["name"] is None and result["model"]["revision"] is None  # a local directory
     assert [h["step"] for h in result["selection"]["history"]] == [2, 3]  # eval every 2 steps + last
     lines = (tmp_path / "a" / "xnli" / "seed1" / "predictions" / "xnli" / "test-de.tsv").read_text().splitlines()
     assert len(lines) == 2 and set(lines) <= set(get_task("xnli").labels)
@@ -218,21 +219,29 @@ def test_tatoeba_and_bucc_evaluate_with_layer_sweep(tiny_pretrained_dir, tiny_ro
     assert result["scores"] == result["scores_by_layer"]["1"]
     # independent check of one cell: mean pooling by hand over the attention mask, cosine argmax
     model, tokenizer = AutoModel.from_pretrained(tiny_pretrained_dir), AutoTokenizer.from_pretrained(tiny_pretrained_dir)
-    from test_xtreme_data import DE, EN
-    def by_hand(sentences):
+    from test_xtreme_data import DE, EN, FR
+    def by_hand(sentences, layer=2):
         vecs = []
         for s in sentences:
             enc = tokenizer(s, return_tensors="pt")
             with torch.no_grad():
-                h = model(**enc, output_hidden_states=True).hidden_states[2][0]
+                h = model(**enc, output_hidden_states=True).hidden_states[layer][0]
             vecs.append(torch.nn.functional.normalize(h.mean(0), dim=0).numpy())
         return np.stack(vecs)
-    src, tgt = by_hand(DE), by_hand(EN)
-    expected = 100.0 * np.mean((src @ tgt.T).argmax(1) == np.arange(len(DE)))
-    assert result["scores_by_layer"]["2"]["de"]["accuracy"] == pytest.approx(expected)
+    gold = np.arange(len(EN))
+    for lang, sentences in (("de", DE), ("fr", FR)):  # fr: the two directions differ (100 vs 50)
+        xx, en = by_hand(sentences), by_hand(EN)
+        cell = result["scores_by_layer"]["2"][lang]
+        assert cell["accuracy"] == pytest.approx(100.0 * np.mean((en @ xx.T).argmax(1) == gold))  # English queries
+        assert cell["accuracy_xx_to_en"] == pytest.approx(100.0 * np.mean((xx @ en.T).argmax(1) == gold))
+        # predictions (chosen layer 1): line i = the non-English line that English line i retrieved
+        retrieved = (by_hand(EN, 1) @ by_hand(sentences, 1).T).argmax(1)
+        assert (out / "tatoeba" / "seed0" / "predictions" / "tatoeba" / f"test-{lang}.tsv").read_text() == \
+            "".join(f"{i}\n" for i in retrieved)
+    assert result["scores_by_layer"]["2"]["fr"]["accuracy"] != result["scores_by_layer"]["2"]["fr"]["accuracy_xx_to_en"]
+    src = by_hand(DE)
     vec = encode(DE, model, tokenizer, layers=[2], batch_size=1)[2]
     np.testing.assert_allclose(vec, src, atol=1e-5)
-    assert (out / "tatoeba" / "seed0" / "predictions" / "tatoeba" / "test-fr.tsv").read_text().count("\n") == 2
 
     bucc = run_evaluate("bucc2018", tiny_pretrained_dir, out, layer=2, data_root=tiny_root, languages=["de"])
     assert set(bucc["scores"]["de"]) == {"f1", "precision", "recall"} and bucc["seed"] == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import os
 import shutil
 import subprocess
@@ -601,3 +602,64 @@ def test_unreadable_weight_files_are_one_line_errors(tiny_mlm, tmp_path):
 
     (pickled / "pytorch_model.bin").unlink()
     assert attempt(pickled).startswith(f"{pickled}: cannot load the model weights (OSError: ")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1 and 5, at the commands: finetune / evaluate refuse weights that do not fit; QA skips say which
+
+
+def _broken_copy(tiny_pretrained_dir: Path, tmp_path: Path, edit) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "broken-model"
+    shutil.copytree(tiny_pretrained_dir, out)
+    state = load_file(out / "model.safetensors")
+    save_file(edit(state), out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def _renamed(state):
+    return {f"other.{k}": v for k, v in state.items()}
+
+
+def _nan_in_one(state):
+    import torch
+
+    name = sorted(state)[0]
+    return {**state, name: torch.full_like(state[name], float("nan"))}
+
+
+@pytest.mark.parametrize("edit, message", [(_renamed, r"weights of the model are not in this file"),
+                                           (_nan_in_one, r"non-finite")])
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+def test_finetune_and_evaluate_refuse_weights_that_do_not_fit(tiny_pretrained_dir, tmp_path, capsys, edit, message,
+                                                              command):
+    from veco2 import cli
+
+    model = _broken_copy(tiny_pretrained_dir, tmp_path, edit)
+    args = {"finetune": ["finetune", "--task", "pawsx", "--languages", "de", "en", "--max-steps", "1",
+                         "--set", "max_train_examples=8", "--set", "batch_size=4", "--seeds", "1"],
+            "evaluate": ["evaluate", "--task", "tatoeba", "--languages", "de"]}[command]
+    assert cli.main([*args, "--model", str(model), "--out", str(tmp_path / "out")]) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # one line
+    assert err.startswith(f"veco2: error: {model / 'model.safetensors'}: ") and re.search(message, err)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("results.json"))
+
+
+def test_skipped_qa_questions_name_the_file_and_the_ids(tiny_tokenizer_dir, caplog):
+    from transformers import AutoTokenizer
+
+    from veco2.xtreme.finetune import QuestionAnswering, resolve_hyperparameters
+    from veco2.xtreme.registry import get_task
+
+    task = get_task("xquad")
+    family = QuestionAnswering(task, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), resolve_hyperparameters(task))
+    family.source = "squad/train-v1.1.json"
+    context = "The cat sat on the mat."
+    examples = [{"id": "q1", "question": "Who sat?", "context": context, "answers": {"text": ["cat"], "answer_start": [4]}},
+                {"id": "q2", "question": "What?", "context": context, "answers": {"text": [], "answer_start": []}},
+                {"id": "q3", "question": "Where?", "context": context, "answers": {"text": ["mat"], "answer_start": [0]}}]
+    caplog.set_level(logging.WARNING)
+    assert family.train_features(examples)  # q1 is kept
+    assert ("xquad: left out 2 training questions of squad/train-v1.1.json without a locatable answer -- "
+            "no answer: 1 (ids q2); answer text not at answer_start: 1 (ids q3)") in caplog.text

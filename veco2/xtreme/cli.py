@@ -21,17 +21,25 @@ def register(subparsers) -> None:
     """Add the ``finetune``, ``evaluate`` and ``prefetch`` sub-commands."""
     p = subparsers.add_parser("finetune", help="zero-shot XTREME fine-tuning (classification, tagging, QA)",
                               description="Fine-tune on English, select on the English dev set, predict every "
-                                          "test language; writes OUT/TASK/seedS/results.json + predictions.")
+                                          "test language; writes OUT/TASK/seedS/results.json + predictions.  "
+                                          "Runs on accelerate: on a GPU when there is one, on several with "
+                                          "`accelerate launch -m veco2.cli finetune ...` (docs/finetuning.md).")
     p.add_argument("--task", required=True, help="xnli pawsx udpos panx xquad mlqa tydiqa")
-    p.add_argument("--model", required=True, help="pre-trained model directory (Hugging Face format)")
+    p.add_argument("--model", required=True,
+                   help="pre-trained model: a local directory (Hugging Face format) or a hub name such as "
+                        "xlm-roberta-base (downloaded once, then read from the Hugging Face cache)")
     p.add_argument("--out", required=True, help="results root")
     p.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--data-root", default=None,
                    help="local XTREME layout (default: $VECO2_XTREME_DATA or the packaged demo data)")
-    p.add_argument("--hub", action="store_true", help="read google/xtreme from the Hugging Face hub (network)")
+    p.add_argument("--hub", action="store_true", help="read google/xtreme from the Hugging Face hub (network, or $VECO2_HUB_MIRROR)")
     p.add_argument("--languages", nargs="+", default=None, help="test languages (default: the official list)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a hyper-parameter, e.g. --set learning_rate=3e-5 (repeatable)")
+                   help="override a setting (repeatable), e.g. --set learning_rate=3e-5; engine settings: "
+                        "batch_size (global per optimizer step), gradient_accumulation_steps=1, "
+                        "eval_batch_size=64, mixed_precision=no|bf16|fp16, save_steps=500, eval_steps, "
+                        "logging_steps=10, report_to=none|tensorboard|wandb|..., max_train_examples, "
+                        "warmup_steps, weight_decay, max_grad_norm, adam_epsilon (docs/finetuning.md)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimisation steps (tests / demo)")
     p.add_argument("--translate-train", action="store_true",
                    help="also train on translated train-LANG files of the test languages (translate-train-all)")
@@ -39,13 +47,18 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("evaluate", help="XTREME retrieval (tatoeba, bucc2018) with the pre-trained encoder")
     p.add_argument("--task", required=True, choices=["tatoeba", "bucc2018"])
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", required=True, help="pre-trained model: a local directory or a hub name")
+    p.add_argument("--out", required=True, help="results root (writes OUT/TASK/seed0/results.json)")
     p.add_argument("--layer", default=None,
                    help="hidden layer (0 = embeddings; default round(2/3 * layers)); 'all' = sweep every layer")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sentences per forward pass on the device (default: the task file's 64; raise it on a GPU)")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                   help="autocast the encoder (fp16 needs a GPU; default no)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--hub", action="store_true")
+    p.add_argument("--hub", action="store_true",
+                   help="read google/xtreme from the Hugging Face hub (network, or $VECO2_HUB_MIRROR)")
     p.add_argument("--languages", nargs="+", default=None)
     p.set_defaults(func=_evaluate)
 
@@ -84,7 +97,8 @@ def _evaluate(args) -> int:
         except ValueError:
             raise ConfigError(f"--layer expects an integer or 'all', got {layer!r}") from None
     r = run_evaluate(args.task, args.model, args.out, layer=layer, layers=layers, pooling=args.pooling,
-                     data_root=args.data_root, hub=args.hub, languages=args.languages)
+                     data_root=args.data_root, hub=args.hub, languages=args.languages,
+                     batch_size=args.batch_size, mixed_precision=args.mixed_precision)
     print(json.dumps({"task": r["task"], "layer": r["layer"], "task_score": round(r["task_score"], 2),
                       "by_layer": r["task_score_by_layer"]}))
     return 0

@@ -11,18 +11,28 @@ Default layer: ``round(2/3 * num_hidden_layers)`` -- 8 of 12 for base models, as
 scores every layer 0..L from a single encoding pass and writes them under ``scores_by_layer``
 (the reports plot retrieval accuracy by layer); the headline ``scores`` use the default/chosen layer.
 
-Tatoeba: each non-English sentence retrieves its nearest English sentence by cosine (ties to the
-lowest index); accuracy against the line alignment.  BUCC: margin-based mining (ratio margin, k = 4),
+Tatoeba (XTREME's direction, google-research/xtreme ``third_party/evaluate_retrieval.py``): each
+English sentence retrieves its nearest non-English sentence by cosine (ties to the lowest index);
+``accuracy`` is the percentage retrieving their line-aligned translation, and ``accuracy_xx_to_en``
+the reverse direction (non-English queries), reported beside it
+(:func:`veco2.xtreme.retrieval.tatoeba_evaluate`).  BUCC: margin-based mining (ratio margin, k = 4),
 threshold chosen on the dev ("sample") gold and applied unchanged to test
 (:func:`veco2.xtreme.retrieval.bucc_evaluate`).
 
 Outputs: ``{out}/{task}/seed0/results.json`` and ``{out}/{task}/seed0/predictions/{task}/test-{lang}.tsv``
-(Tatoeba: the index of the retrieved English sentence per line; BUCC: ``src_id \\t tgt_id`` of every
-mined test pair at the dev threshold).
+(Tatoeba: line i holds the 0-based line number of the non-English sentence that English line i
+retrieved; BUCC: ``src_id \\t tgt_id`` of every mined test pair at the dev threshold).
+``execution`` in results.json records the device and, on CUDA, the peak GPU memory.
+
+Device: the model runs on accelerate's device (the GPU of this process when there is one, else the
+CPU) in batches of ``batch_size`` sentences (``--batch-size``; the task file's 64 by default; the
+vectors do not depend on it beyond float rounding), optionally under bf16/fp16
+autocast (``--mixed-precision``; the pooled vectors are computed in float32 either way).  One process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -33,10 +43,13 @@ import torch
 
 from ..errors import ConfigError, Veco2Error
 from ..fileio import write_json, write_text
+from ..pretrained import resolve_pretrained
 from ..provenance import config_hash, provenance
+from ..weights import load_checked
 from . import aggregate, retrieval
 from .data import is_demo_root, load_split, resolve_root, available_languages
-from .finetune import cap_length, model_identity
+from .finetune import (MIXED_PRECISION, cap_length, execution_record, model_identity, process_state,
+                       reset_peak_gpu_memory)
 from .registry import get_task
 
 log = logging.getLogger(__name__)
@@ -80,6 +93,17 @@ def encode(sentences: Sequence[str], model, tokenizer, *, layers: Sequence[int],
     return out
 
 
+def autocast(device: torch.device, mixed_precision: str):
+    """``torch.autocast`` for ``mixed_precision`` (``no`` | ``bf16`` | ``fp16``) on ``device``."""
+    if mixed_precision in (None, False, "no"):
+        return contextlib.nullcontext()
+    if mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 on a CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
 def _resolve_languages(task, languages, data_root, hub):
     if languages:
         return list(task.check_languages(languages))
@@ -95,7 +119,7 @@ def _resolve_languages(task, languages, data_root, hub):
 def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer: int | None = None,
                  layers: str | Sequence[int] | None = None, pooling: str = "mean", data_root=None,
                  hub: bool = False, languages: Sequence[str] | None = None, batch_size: int | None = None,
-                 max_length: int | None = None, k: int | None = None) -> dict:
+                 max_length: int | None = None, k: int | None = None, mixed_precision: str = "no") -> dict:
     """Score a retrieval task (``tatoeba`` or ``bucc2018``) with the pre-trained encoder.
 
     Args:
@@ -104,7 +128,10 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
         pooling: ``mean`` (default, over non-pad tokens) or ``cls``.
         data_root / hub / languages: as :func:`veco2.xtreme.finetune.run_finetune` (BUCC needs the
             local corpus files; the hub holds only its gold pairs).
-        batch_size, max_length, k: override the task file (k = BUCC margin neighbourhood).
+        model_dir: a local Hugging Face directory or a hub name (:func:`veco2.pretrained.resolve_pretrained`).
+        batch_size, max_length, k: override the task file (k = BUCC margin neighbourhood); batch_size
+            sentences per forward pass on the device.
+        mixed_precision: ``no`` (default), ``bf16`` or ``fp16`` (GPU only) autocast of the encoder.
 
     Returns the results dict written to ``{out_dir}/{task}/seed0/results.json``.
     """
@@ -116,11 +143,17 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
     hp = dict(spec.hyperparameters)
     hp.update({key: value for key, value in {"batch_size": batch_size, "max_seq_length": max_length, "k": k,
                                                "pooling": pooling}.items() if value is not None})
+    if not isinstance(hp["batch_size"], int) or isinstance(hp["batch_size"], bool) or hp["batch_size"] < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {hp['batch_size']!r}")
+    hp["mixed_precision"] = "no" if mixed_precision in (None, False) else mixed_precision
+    device = process_state().device
+    autocast(device, hp["mixed_precision"])  # checks the value before the model is loaded
     test_languages = _resolve_languages(spec, languages, data_root, hub)
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = resolve_pretrained(model_dir), Path(out_dir)
     cap_length(hp, "max_seq_length", model_dir)
     started = time.time()
-    model = AutoModel.from_pretrained(model_dir)
+    reset_peak_gpu_memory(device)
+    model = load_checked(AutoModel, model_dir, new_head_prefixes=("pooler.",)).to(device)  # fits, or one line
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     n_layers = model.config.num_hidden_layers
     layer = default_layer(n_layers) if layer is None else int(layer)
@@ -138,8 +171,9 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
     hp["layer"] = layer
 
     def vectors(sentences):
-        return encode(sentences, model, tokenizer, layers=all_layers, pooling=hp["pooling"],
-                      batch_size=hp["batch_size"], max_length=hp["max_seq_length"])
+        with autocast(device, hp["mixed_precision"]):
+            return encode(sentences, model, tokenizer, layers=all_layers, pooling=hp["pooling"],
+                          batch_size=hp["batch_size"], max_length=hp["max_seq_length"])
 
     by_layer: dict[int, dict[str, dict]] = {x: {} for x in all_layers}
     predictions: dict[str, str] = {}
@@ -147,11 +181,14 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
     for lang in test_languages:
         if spec.name == "tatoeba":
             data = load_split(spec, "test", lang, data_root=data_root, hub=hub)
-            src, tgt = vectors(data["src"]), vectors(data["tgt"])
+            xx, en = vectors(data["src"]), vectors(data["tgt"])  # src = non-English side, tgt = English
             for x in all_layers:
-                by_layer[x][lang] = {"accuracy": retrieval.tatoeba_accuracy(src[x], tgt[x])}
-            _, nearest = retrieval.knn(src[layer], tgt[layer], 1)
-            predictions[lang] = "".join(f"{int(i)}\n" for i in nearest[:, 0])
+                # "accuracy" = English queries over the non-English index (XTREME's direction);
+                # "accuracy_xx_to_en" = the reverse, reported beside it.
+                result = retrieval.tatoeba_evaluate(xx[x], en[x])
+                by_layer[x][lang] = {key: result[key] for key in retrieval.TATOEBA_METRICS}
+                if x == layer:  # line i: the non-English line retrieved for English line i
+                    predictions[lang] = "".join(f"{int(i)}\n" for i in result["predictions"])
         elif spec.name == "bucc2018":
             dev = load_split(spec, "dev", lang, data_root=data_root, hub=hub)
             test = load_split(spec, "test", lang, data_root=data_root, hub=hub)
@@ -194,7 +231,7 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
         "hyperparameters": hp, "model": identity,
         "data": {"source": "hub" if hub else "local", "root": None if root is None else str(root),
                  "demo": bool(root is not None and is_demo_root(root))},
-        "wall_seconds": round(time.time() - started, 2),
+        "execution": execution_record(device), "wall_seconds": round(time.time() - started, 2),
         "run_hash": config_hash(run_config), "provenance": provenance(run_config),
     }
     write_json(seed_dir / "results.json", record)

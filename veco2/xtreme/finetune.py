@@ -1,50 +1,18 @@
 """Zero-shot cross-lingual fine-tuning on XTREME (classification, tagging, extractive QA).
 
-Protocol (Hu et al. 2020, google-research/xtreme): fine-tune the pre-trained encoder on ENGLISH
-training data only, select the checkpoint on the ENGLISH dev set (evaluated at the end of every
-epoch, or every ``eval_steps`` steps), then predict every test language with the selected weights.
-Several seeds give mean +- std (aggregated by :mod:`veco2.xtreme.aggregate`).
-
-Engine: a plain PyTorch loop around ``transformers`` AutoModelFor{SequenceClassification,
-TokenClassification,QuestionAnswering} loaded from the pre-trained directory (the heads are new,
-initialised under the run's seed).  AdamW (no decay on biases / LayerNorm), linear warm-up then linear
-decay, gradient clipping at ``max_grad_norm``.  Why not ``transformers.Trainer``: the loop is short,
-and owning it makes determinism and exact resumption easy to state and to test.
-
-Determinism: for a fixed seed on CPU the run is bit-for-bit repeatable: the head initialisation,
-dropout and the per-epoch shuffle all come from seeded generators (the shuffle order of epoch ``e``
-is ``randperm(n, seed * 1000 + e)``, independent of anything that happened before).
-
-Resumption: at every evaluation the loop writes ``{task}/seed{S}/checkpoint.pt`` (weights, optimizer,
-scheduler, RNG states, step, best dev score so far; atomic) and the best weights so far to
-``best.safetensors``.  A killed run started again with the same arguments resumes from the checkpoint
-(skipping the batches of the interrupted epoch that were already done) and ends with the same result
-as an uninterrupted run.  A seed whose ``results.json`` exists with the same run hash is skipped.
-``checkpoint.pt`` is deleted when the seed finishes; ``best.safetensors`` is kept.
-
-Task families:
-
-- classification: ``<s> a </s></s> b </s>`` truncated to ``max_seq_length``; accuracy.
-- tagging: each word's FIRST subword carries its label (other subwords get -100 and are ignored);
-  prediction = argmax at first subwords; scored on words.  Sentences longer than ``max_seq_length``
-  are split into word windows (:func:`veco2.xtreme.data.word_windows`) and their predictions
-  concatenated back, so every word of every sentence gets a prediction.
-- qa: question + context windows of ``max_seq_length`` tokens, consecutive windows starting
-  ``doc_stride`` context tokens apart (XTREME's / BERT's meaning of doc stride); a window that does
-  not contain the answer is trained to point at ``<s>``.  Decoding: n-best start and end logits per
-  window, spans inside the context, ``end >= start``, at most ``max_answer_length`` tokens, best
-  ``start + end`` logit over all windows of the question, mapped back to the context text through the
-  tokenizer's character offsets.  XQuAD and TyDiQA are scored with ``squad_f1_em``, MLQA with
-  ``mlqa_f1_em(lang)``.
-
-Translate-train (``translate_train=True``, XTREME's translate-train-all): the training set is the
-English data plus every requested language's machine-translated train file from the local layout
-(``train-LANG`` for the TSV tasks, the task file's ``translate_train`` template for QA); a missing
-file is an error.  Checkpoint selection stays on the English dev set.
+Protocol (Hu et al. 2020, google-research/xtreme): fine-tune the pre-trained encoder (a local
+directory or a Hugging Face hub name, :func:`veco2.pretrained.resolve_pretrained`) on ENGLISH training
+data only, select the checkpoint on the ENGLISH dev set, predict every test language with the selected
+weights; several seeds give mean +- std.  The loop runs on ``accelerate`` (device placement, bf16/fp16
+autocast, DDP under ``accelerate launch``, gradient accumulation, TensorBoard or any accelerate tracker),
+writes atomic rolling checkpoints every ``save_steps`` steps and at every evaluation, and resumes a
+killed run from the last one.  On CPU in one process the run is bit-for-bit repeatable, resumed or
+not.  Settings, task families, checkpoints and logs: ``docs/finetuning.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -58,17 +26,21 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, Veco2Error
-from ..fileio import atomic_write, fault_point, read_json, write_json, write_text
+from ..fileio import atomic_write, fault_point, read_json, remove_stale_temporaries, write_json, write_text
+from ..pretrained import first_line as _first_line, hub_origin, resolve_pretrained
 from ..provenance import config_hash, provenance, sha256_file
+from ..weights import load_checked
 from . import aggregate, metrics
-from .data import is_demo_root, load_split, resolve_root, word_windows, available_languages
+from .data import available_languages, is_demo_root, load_split, local_path, resolve_root, word_windows
 from .registry import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
 #: Engine settings that are not in the task files; every one can be overridden (``--set key=value``).
+#: ``batch_size`` (task file) is the GLOBAL batch of one optimizer step: each of P processes runs
+#: ``batch_size / (P * gradient_accumulation_steps)`` examples per forward pass.
 ENGINE_DEFAULTS: dict[str, Any] = {
-    "eval_batch_size": 64,
+    "eval_batch_size": 64,     # examples per forward pass when predicting (dev and test)
     "adam_epsilon": 1e-8,
     "max_grad_norm": 1.0,
     "eval_steps": None,        # None: evaluate on the English dev set at the end of every epoch
@@ -76,10 +48,18 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "max_train_examples": None,  # use only the first N training examples (demo / smoke runs)
     "warmup_steps": 0,
     "weight_decay": 0.0,
+    "gradient_accumulation_steps": 1,  # micro-batches per optimizer step
+    "mixed_precision": "no",   # "no" | "bf16" | "fp16" (accelerate autocast; fp16 needs a GPU)
+    "save_steps": 500,         # rolling checkpoint every N optimizer steps (and at every evaluation)
+    "logging_steps": 10,       # mean training loss and learning rate to the trackers every N steps
+    "report_to": "none",       # "none", "tensorboard", or accelerate tracker names ("wandb", "mlflow,tensorboard")
 }
 # QA-only settings (doc_stride, max_query_length, max_answer_length, n_best_size) come from the QA task files.
 #: Keys whose change does not change the result (left out of the run hash).
-_NON_RESULT_KEYS = ("eval_batch_size",)
+_NON_RESULT_KEYS = ("eval_batch_size", "save_steps", "logging_steps", "report_to")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+#: Model outputs a zero-gradient pass sums (see :func:`_train_step`).
+_OUTPUT_NAMES = ("logits", "start_logits", "end_logits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,20 +92,66 @@ def _model_inputs(features: list[dict], keys=("input_ids", "attention_mask")) ->
     return [{k: f[k] for k in keys} for f in features]
 
 
+def process_state():
+    """accelerate's ``PartialState`` (device, process count and rank of this process), with
+    ``ACCELERATE_USE_CPU=1`` honoured as ``Accelerator`` honours it: under ``torchrun`` on a machine
+    without GPUs it is what makes the processes one gloo group instead of independent runs."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def execution_record(device: torch.device, **extra) -> dict:
+    """results.json ``execution``: the device this process ran on and, on CUDA, the peak memory its
+    tensors held (``torch.cuda.max_memory_allocated``, bytes, since :func:`reset_peak_gpu_memory`;
+    None elsewhere), plus ``extra``."""
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"device": str(device), **extra, "peak_gpu_memory_bytes": peak}
+
+
+def reset_peak_gpu_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _device_of(model) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=device.type == "cuda") for key, value in batch.items()}
+
+
 @torch.no_grad()
-def _forward_batches(model, features: list[dict], batch_size: int, pad_id: int, outputs: Sequence[str]):
-    """Yield per-feature numpy outputs (e.g. ``logits`` or ``start_logits``/``end_logits``),
-    trimmed to the feature's own length."""
+def _forward_batches(model, features: list[dict], batch_size: int, pad_id: int, outputs: Sequence[str]) -> list:
+    """Per-feature numpy outputs (e.g. ``logits`` or ``start_logits``/``end_logits``), trimmed to the
+    feature's own length, in input order.
+
+    Batches of ``batch_size`` features run on the model's device.  Under ``accelerate launch`` each of
+    the P processes runs a contiguous 1/P of the batches and the outputs are gathered, so every process
+    returns all of them (every process must call this: the gather is collective).  The batches are
+    the same whatever P is, so the outputs do not depend on the process count.
+    """
+    from accelerate.utils import gather_object
+
     model.eval()
-    for i in range(0, len(features), batch_size):
+    device = _device_of(model)
+    processes = process_state()
+    starts = list(range(0, len(features), batch_size))
+    world, rank = processes.num_processes, processes.process_index
+    results = []
+    for i in starts[len(starts) * rank // world:len(starts) * (rank + 1) // world]:
         chunk = features[i:i + batch_size]
-        batch = _pad(_model_inputs(chunk), pad_id)
+        batch = _to_device(_pad(_model_inputs(chunk), pad_id), device)
         result = model(**batch)
-        arrays = [getattr(result, name).float().numpy() for name in outputs]
+        arrays = [getattr(result, name).float().cpu().numpy() for name in outputs]
         for j, feature in enumerate(chunk):
             n = len(feature["input_ids"])
-            yield [a[j, :n] if a.ndim >= 2 and a.shape[1] == batch["input_ids"].shape[1] else a[j]
-                   for a in arrays]
+            results.append([a[j, :n] if a.ndim >= 2 and a.shape[1] == batch["input_ids"].shape[1] else a[j]
+                            for a in arrays])
+    return gather_object(results) if world > 1 else results
 
 
 def score_key(metric_name: str) -> str:
@@ -300,6 +326,7 @@ class QuestionAnswering:
     def __init__(self, task: TaskSpec, tokenizer, hp: dict):
         self.task, self.tokenizer, self.hp = task, tokenizer, hp
         self.skipped_answers = 0
+        self.source = ""  # where the training questions come from, for the skip message (run_finetune sets it)
 
     def model_kwargs(self) -> dict:
         return {}
@@ -325,14 +352,15 @@ class QuestionAnswering:
 
     def train_features(self, examples: list[dict]) -> list[dict]:
         features = []
+        skipped: dict[str, list[str]] = {"no answer": [], "answer text not at answer_start": []}
         for example in examples:
             if not example["answers"]["text"]:
-                self.skipped_answers += 1
+                skipped["no answer"].append(str(example["id"]))
                 continue
             text, start_char = example["answers"]["text"][0], example["answers"]["answer_start"][0]
             end_char = start_char + len(text)
             if example["context"][start_char:end_char] != text:  # misaligned answer (translated data)
-                self.skipped_answers += 1
+                skipped["answer text not at answer_start"].append(str(example["id"]))
                 continue
             enc = self._windows(example)
             for w in range(len(enc["input_ids"])):
@@ -344,9 +372,13 @@ class QuestionAnswering:
                     end = next(k for k in reversed(context) if offsets[k][0] < end_char)
                 features.append({"input_ids": enc["input_ids"][w], "attention_mask": enc["attention_mask"][w],
                                  "start_positions": start, "end_positions": end})
+        self.skipped_answers = sum(len(ids) for ids in skipped.values())
         if self.skipped_answers:
-            log.warning("%s: left out %d training questions without a locatable answer", self.task.name,
-                        self.skipped_answers)
+            where = f" of {self.source}" if self.source else ""
+            reasons = "; ".join(f"{reason}: {len(ids)} (ids {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+                                for reason, ids in skipped.items() if ids)
+            log.warning("%s: left out %d training questions%s without a locatable answer -- %s", self.task.name,
+                        self.skipped_answers, where, reasons)
         return features
 
     def predict(self, model, examples: list[dict]) -> dict[str, str]:
@@ -394,14 +426,18 @@ FAMILIES = {"classification": Classification, "tagging": Tagging, "qa": Question
 # ---------------------------------------------------------------------------------------------
 
 def model_identity(model_dir: str | Path) -> dict:
-    """``{"path", "config_hash", "weights_sha256"}`` of a pre-trained model directory."""
+    """``{"path", "name", "revision", "config_hash", "weights_sha256"}`` of a pre-trained model directory;
+    ``name`` and ``revision`` (commit) are set for a Hugging Face cache snapshot (a model given by hub
+    name, :func:`veco2.pretrained.hub_origin`), None for a local directory."""
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.exists():
         raise Veco2Error(f"{model_dir}: not a pre-trained model directory (no config.json)")
     weights = {p.name: sha256_file(p) for p in sorted(model_dir.glob("*.safetensors"))}
     weights.update({p.name: sha256_file(p) for p in sorted(model_dir.glob("*.bin"))})
-    return {"path": str(model_dir), "config_hash": config_hash(read_json(config_path)), "weights_sha256": weights}
+    origin = hub_origin(model_dir) or {"name": None, "revision": None}
+    return {"path": str(model_dir), **origin, "config_hash": config_hash(read_json(config_path)),
+            "weights_sha256": weights}
 
 
 def max_model_length(model_dir: str | Path) -> int | None:
@@ -431,12 +467,44 @@ def resolve_hyperparameters(task: TaskSpec, overrides: dict | None = None) -> di
         if key not in hp:
             raise ConfigError(f"unknown fine-tuning setting {key!r}; settings: {', '.join(sorted(hp))}")
         hp[key] = value
-    for key in ("batch_size", "max_seq_length", "num_train_epochs"):
-        if not isinstance(hp[key], int) or hp[key] < 1:
+    for key in ("batch_size", "max_seq_length", "num_train_epochs", "eval_batch_size",
+                "gradient_accumulation_steps", "logging_steps"):
+        if not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {hp[key]!r}")
-    if hp["max_steps"] is not None and (not isinstance(hp["max_steps"], int) or hp["max_steps"] < 1):
-        raise ConfigError(f"max_steps must be a positive integer, got {hp['max_steps']!r}")
+    for key in ("max_steps", "save_steps"):
+        if hp[key] is not None and (not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 1):
+            raise ConfigError(f"{key} must be a positive integer or null, got {hp[key]!r}")
+    if hp["mixed_precision"] in (False, None):  # YAML reads `--set mixed_precision=no` as false
+        hp["mixed_precision"] = "no"
+    if hp["mixed_precision"] not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {hp['mixed_precision']!r}")
+    hp["report_to"] = _check_trackers(hp["report_to"])
     return hp
+
+
+def _check_trackers(report_to) -> str:
+    """``none`` or comma-separated accelerate tracker names (``tensorboard``, ``wandb``, ``all``, ...)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    if report_to in (None, False, "none"):
+        return "none"
+    names = [name.strip() for name in str(report_to).split(",") if name.strip()]
+    known = {"all", *LOGGER_TYPE_TO_CLASS}
+    unknown = [name for name in names if name not in known]
+    if not names or unknown:
+        raise ConfigError(f"report_to {report_to!r}: unknown tracker {', '.join(unknown) or 'name'}; use none or "
+                          f"comma-separated names from {', '.join(sorted(known))}")
+    return ",".join(names)
+
+
+def micro_batch_size(hp: dict, num_processes: int) -> int:
+    """Examples per forward pass of one process: ``batch_size / (processes * gradient_accumulation_steps)``."""
+    parts = num_processes * hp["gradient_accumulation_steps"]
+    if hp["batch_size"] % parts:
+        raise ConfigError(f"batch_size {hp['batch_size']} (the global batch of one optimizer step) is not divisible "
+                          f"by {num_processes} process(es) x gradient_accumulation_steps "
+                          f"{hp['gradient_accumulation_steps']}")
+    return hp["batch_size"] // parts
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict:
@@ -480,16 +548,10 @@ def _load_model(family, model_dir: Path, seed: int):
 
     set_seed(seed)  # the new head's initialisation depends on the seed only
     auto = getattr(transformers, family.auto_class)
-    try:
-        return auto.from_pretrained(model_dir, **family.model_kwargs())
-    except Exception as err:  # truncated weights (safetensors' own error type), another architecture
-        raise Veco2Error(f"{model_dir}: cannot load the pre-trained model "
-                         f"({type(err).__name__}: {_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no message"
+    # Only the new task head may be missing: weights of another model, a truncated or non-finite
+    # file is a one-line error, never a silently random encoder (veco2.weights).  float32 master
+    # weights whatever dtype the checkpoint was saved in; mixed_precision is autocast.
+    return load_checked(auto, model_dir, dtype=torch.float32, **family.model_kwargs())
 
 
 def _numpy_rng_state() -> tuple:
@@ -533,88 +595,227 @@ def _dev_score(task: TaskSpec, family, model, dev_examples) -> tuple[float, dict
     return aggregate.task_score({task.train_language: scores}, task.name, languages=[task.train_language])["score"], scores
 
 
+def _rank_seed(seed: int, rank: int) -> int:
+    """Dropout seed of process ``rank`` > 0; process 0 keeps the stream of ``set_seed(seed)``, so one
+    process draws exactly what the single-process loop draws."""
+    return seed * 1000 + 100_003 * rank
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore_rng(saved: dict, rank: int, seed: int, device: torch.device) -> None:
+    states = saved["rng"]
+    if rank < len(states):
+        torch.set_rng_state(states[rank]["cpu"])
+        if states[rank]["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(states[rank]["cuda"], device)
+    else:  # resumed on more processes than saved the checkpoint: a fresh stream for this one
+        torch.manual_seed(_rank_seed(seed, rank) + saved["state"]["step"])
+    random.setstate(saved["python_rng"])
+    _set_numpy_rng_state(saved["numpy_rng"])
+
+
+def _shares(rows: list[int], parts: int) -> list[list[int]]:
+    """``rows`` cut into ``parts`` contiguous pieces whose sizes differ by at most one (all equal for a
+    full batch, since ``parts`` divides ``batch_size``; only an epoch's last batch can be uneven)."""
+    size, extra = divmod(len(rows), parts)
+    bounds = [k * size + min(k, extra) for k in range(parts + 1)]
+    return [rows[bounds[k]:bounds[k + 1]] for k in range(parts)]
+
+
+def _loss_units(feature: dict) -> int:
+    """Terms ``feature`` adds to the model's mean loss: its labelled tokens (tagging), else 1 (one row)."""
+    labels = feature["labels"] if "labels" in feature else None
+    return sum(label != -100 for label in labels) if isinstance(labels, list) else 1
+
+
+def _train_step(model, accelerator, features: list[dict], rows: list[int], pad_id: int, accumulation: int):
+    """Forward and backward passes of one optimizer step on this process's share of the global batch
+    ``rows``; returns the (detached) share of the global mean loss it computed.
+
+    The global batch is cut into ``processes * accumulation`` micro-batches; this process runs
+    ``accumulation`` of them.  Each micro-batch loss (a mean over its examples, or its labelled tokens
+    for tagging) is weighted by its share of the global batch's loss terms, times the process count
+    that DDP's gradient averaging divides back out, so the summed gradient is that of the mean loss
+    over the whole global batch -- also for an uneven last batch.  With one process and no
+    accumulation the weight is exactly 1 and the loss is the model's own, untouched.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    shares = _shares(rows, world * accumulation)
+    total_units = sum(_loss_units(features[i]) for i in rows)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for micro in range(accumulation):
+        share = shares[rank * accumulation + micro]
+        units = sum(_loss_units(features[i]) for i in share)
+        # gradients are all-reduced only with the last micro-batch
+        sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
+        with sync:
+            if units:
+                batch = _to_device(_pad([features[i] for i in share], pad_id), accelerator.device)
+                loss = model(**batch).loss
+                weight = world * units / total_units
+                if weight != 1.0:
+                    loss = loss * weight
+            else:  # nothing of the batch to learn from here: a zero-gradient pass keeps DDP's all-reduce in step
+                batch = _to_device(_pad(_model_inputs([features[i] for i in share or rows[:1]]), pad_id),
+                                   accelerator.device)
+                out = model(**batch)
+                loss = sum(getattr(out, k).float().sum() for k in _OUTPUT_NAMES if getattr(out, k, None) is not None) * 0.0
+            accelerator.backward(loss)
+        step_loss += loss.detach()
+    return step_loss
+
+
+def check_runtime(hp: dict) -> None:
+    """Refuse what accelerate would silently ignore here: fp16 without a GPU, an uninstalled tracker."""
+    from accelerate.tracking import get_available_trackers
+
+    if hp["mixed_precision"] == "fp16" and process_state().device.type == "cpu":  # accelerate would run fp32
+        raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 on a CPU")
+    available = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in hp["report_to"].split(",") if name not in ("none", "all") and name not in available]
+    if missing:
+        raise ConfigError(f"report_to={hp['report_to']}: the package of {', '.join(missing)} is not installed "
+                          f"(pip install {' '.join(missing)})")
+
+
+def make_accelerator(hp: dict, logging_dir: Path):
+    """The ``accelerate.Accelerator`` of one seed: ``hp["mixed_precision"]``, trackers ``hp["report_to"]``
+    writing under ``logging_dir`` (TensorBoard: ``logging_dir/veco2-finetune/``)."""
+    from accelerate import Accelerator
+
+    check_runtime(hp)
+    trackers = None if hp["report_to"] == "none" else hp["report_to"].split(",")
+    return Accelerator(mixed_precision=hp["mixed_precision"], log_with=trackers, project_dir=str(logging_dir))
+
+
 def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: int, hp: dict,
-               train_features: list[dict], dev_examples: list[dict] | None, run_hash: str):
+               train_features: list[dict], dev_examples: list[dict] | None, run_hash: str, accelerator=None):
     """Fine-tune one seed; returns (model with the selected weights, state).  Resumes from
-    ``seed_dir/checkpoint.pt`` when it belongs to the same run (same ``run_hash``)."""
+    ``seed_dir/checkpoint.pt`` when it belongs to the same run (same ``run_hash``).
+
+    ``accelerator`` (default :func:`make_accelerator`) places the model and every batch on its device
+    and runs DDP under ``accelerate launch``; every process must call this, only the main one writes.
+    """
+    from accelerate.utils import gather_object
     from safetensors.torch import load_file
+    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    accelerator = accelerator or make_accelerator(hp, seed_dir / "logs")
+    rank, device, main = accelerator.process_index, accelerator.device, accelerator.is_main_process
+    accumulation = hp["gradient_accumulation_steps"]
+    micro_batch_size(hp, accelerator.num_processes)  # checks that the global batch divides
     model = _load_model(family, model_dir, seed)
     optimizer = _optimizer(model, hp)
     per_epoch = math.ceil(len(train_features) / hp["batch_size"])
     total = per_epoch * hp["num_train_epochs"]
     if hp["max_steps"] is not None:
         total = min(total, hp["max_steps"])
+    # The scheduler is not prepared: accelerate's wrapper would step it once per process and step.
     scheduler = get_linear_schedule_with_warmup(optimizer, min(hp["warmup_steps"], total), total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)  # DDP's inner module (same parameters), for saving and predicting
+    if rank:
+        torch.manual_seed(_rank_seed(seed, rank))  # each process its own dropout
     state = _TrainState(history=[])
     checkpoint, best_path = seed_dir / "checkpoint.pt", seed_dir / "best.safetensors"
 
+    if main:
+        remove_stale_temporaries(seed_dir)  # what a kill in the middle of an atomic write left behind
     if checkpoint.exists():
         saved = _load_checkpoint(checkpoint)
         if saved.get("run_hash") == run_hash:
             try:
-                model.load_state_dict(saved["model"])
+                core.load_state_dict(saved["model"])
             except RuntimeError as err:
                 raise Veco2Error(f"{checkpoint}: checkpoint of another architecture ({_first_line(err)})") from None
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["torch_rng"])
-            random.setstate(saved["python_rng"])
-            _set_numpy_rng_state(saved["numpy_rng"])
+            _restore_rng(saved, rank, seed, device)
             state = _TrainState(**saved["state"])
             log.info("%s seed %d: resuming at step %d (epoch %d, batch %d)", task.name, seed, state.step,
                      state.epoch, state.batches_done)
         else:
             log.warning("%s: checkpoint of a different run (settings changed); starting afresh", checkpoint)
 
+    def save_checkpoint():
+        rng = gather_object([_rng_state(device)])  # collective: every process's dropout stream
+        if main:
+            with atomic_write(checkpoint, "wb") as handle:
+                torch.save({"run_hash": run_hash, "model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "rng": rng, "python_rng": random.getstate(),
+                            "numpy_rng": _numpy_rng_state(), "state": state.__dict__}, handle)
+
     def evaluate_and_checkpoint():
         if dev_examples is not None:
-            score, scores = _dev_score(task, family, model, dev_examples)
+            score, scores = _dev_score(task, family, core, dev_examples)
             state.history.append({"step": state.step, "epoch": state.epoch, "dev_score": score, "dev": scores})
             log.info("%s seed %d step %d: English dev score %.2f", task.name, seed, state.step, score)
+            accelerator.log({"eval/dev_score": score}, step=state.step)
             better = state.best_score is None or score > state.best_score
         else:  # no English dev set (TyDiQA-GoldP): keep the latest weights
             state.history.append({"step": state.step, "epoch": state.epoch})
             score, better = None, True
         if better:
             state.best_score, state.best_step = score, state.step
-            with atomic_write(best_path, "wb") as handle:
-                handle.write(_safetensors_bytes(model.state_dict()))
+            if main:
+                with atomic_write(best_path, "wb") as handle:
+                    handle.write(_safetensors_bytes(core.state_dict()))
         model.train()
-        with atomic_write(checkpoint, "wb") as handle:
-            torch.save({"run_hash": run_hash, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "python_rng": random.getstate(), "numpy_rng": _numpy_rng_state(),
-                        "state": state.__dict__}, handle)
+        save_checkpoint()
 
+    accelerator.init_trackers("veco2-finetune", config={"task": task.name, "seed": seed, **{
+        k: v for k, v in hp.items() if isinstance(v, (bool, int, float, str))}})
+    progress = tqdm(total=total, initial=state.step, disable=not accelerator.is_local_main_process,
+                    desc=f"{task.name} seed {seed}", unit="step")
+    window_loss, window_steps = torch.zeros((), device=device), 0
     model.train()
     pad_id = family.tokenizer.pad_token_id
-    eval_steps = hp["eval_steps"]
+    eval_steps, save_steps = hp["eval_steps"], hp["save_steps"]
     while state.step < total and state.epoch < hp["num_train_epochs"]:
         order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed * 1000 + state.epoch))
         batches = [order[i:i + hp["batch_size"]].tolist() for i in range(0, len(order), hp["batch_size"])]
         for b in range(state.batches_done, len(batches)):
-            batch = _pad([train_features[i] for i in batches[b]], pad_id)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
+            window_loss += _train_step(model, accelerator, train_features, batches[b], pad_id, accumulation)
+            accelerator.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
             optimizer.step()
-            scheduler.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowing step changes nothing
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batches_done = b + 1
             if state.batches_done == len(batches):
                 state.epoch, state.batches_done = state.epoch + 1, 0
+            window_steps += 1
+            progress.update(1)
+            if state.step % hp["logging_steps"] == 0 or state.step >= total:
+                record = {"train/loss": float(accelerator.reduce(window_loss, "mean")) / window_steps,
+                          "train/learning_rate": scheduler.get_last_lr()[0],
+                          "train/epoch": state.epoch + state.batches_done / len(batches)}
+                accelerator.log(record, step=state.step)
+                progress.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/learning_rate']:.2e}")
+                window_loss, window_steps = torch.zeros((), device=device), 0
             if state.step >= total or state.batches_done == 0 or (eval_steps and state.step % eval_steps == 0):
                 evaluate_and_checkpoint()
+            elif save_steps and state.step % save_steps == 0:
+                save_checkpoint()
             fault_point(f"finetune-step:{state.step}")  # crash tests: killed between steps
             if state.step >= total or state.batches_done == 0:
                 break
-    if not best_path.exists():  # zero steps to run (e.g. max_steps reached before a restart)
+    progress.close()
+    accelerator.wait_for_everyone()  # the main process has written best.safetensors
+    missing = not best_path.exists()  # zero steps to run (e.g. max_steps reached before a restart)
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes it
+    if missing:
         evaluate_and_checkpoint()
-    model.load_state_dict(load_file(best_path))
-    return model, state
+        accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # not accelerator.end_training(): it ends the process group too
+        tracker.finish()
+    core.load_state_dict(load_file(best_path))
+    return core, state
 
 
 def _safetensors_bytes(state_dict: dict) -> bytes:
@@ -647,7 +848,8 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
 
     Args:
         task: registry name (``xnli``, ``pawsx``, ``udpos``, ``panx``, ``xquad``, ``mlqa``, ``tydiqa``).
-        model_dir: pre-trained Hugging Face directory (config.json + weights + tokenizer files).
+        model_dir: pre-trained model: a Hugging Face directory (config.json + weights + tokenizer files)
+            or a hub name such as ``xlm-roberta-base`` (:func:`veco2.pretrained.resolve_pretrained`).
         out_dir: results root; writes ``{task}/seed{S}/results.json`` and
             ``{task}/seed{S}/predictions/{task}/test-{lang}.{tsv|json}``.
         seeds: fine-tuning seeds.
@@ -657,17 +859,21 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
         overrides: hyper-parameters on top of the task file (see :data:`ENGINE_DEFAULTS`), e.g.
             ``{"max_steps": 20, "batch_size": 8}``.
         languages: test languages (default: the task's official list).
-        translate_train: add machine-translated train data of every test language (see module docs).
+        translate_train: add machine-translated train data of every test language (docs/finetuning.md).
 
-    Returns the list of results dicts (one per seed), as written to results.json.
+    Under ``accelerate launch`` every process runs this and returns the same records; only the main
+    process writes files.  Returns the list of results dicts (one per seed), as written to results.json.
     """
     from transformers import AutoTokenizer
 
     spec = get_task(task)
     if spec.family not in FAMILIES:
         raise Veco2Error(f"{spec.name} is a {spec.family} task without fine-tuning; use `veco2 evaluate --task {spec.name}`")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     hp = resolve_hyperparameters(spec, overrides)
+    check_runtime(hp)
+    micro = micro_batch_size(hp, process_state().num_processes)
+    model_dir = resolve_pretrained(model_dir)
     cap_length(hp, "max_seq_length", model_dir)
     test_languages, subset = _resolve_languages(spec, languages, data_root, hub)
     root = None if hub else resolve_root(data_root)
@@ -689,6 +895,8 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     family = FAMILIES[spec.family](spec, tokenizer, hp)
+    family.source = (f"{spec.hub['train']['path']} (hub)" if hub and spec.hub.get("train") else
+                     str(local_path(spec, "train", spec.train_language, root)) if root is not None else "")
     train_features = family.train_features(train)
     if not train_features:
         raise Veco2Error(f"{spec.name}: no usable training examples")
@@ -710,12 +918,16 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
                 results.append(previous)
                 continue
         started = time.time()
-        model, state = train_seed(spec, family, model_dir, seed_dir, seed, hp, train_features, dev, run_hash)
+        accelerator = make_accelerator(hp, seed_dir / "logs")
+        reset_peak_gpu_memory(accelerator.device)  # the peak recorded is this seed's
+        model, state = train_seed(spec, family, model_dir, seed_dir, seed, hp, train_features, dev, run_hash,
+                                  accelerator=accelerator)
         scores = {}
         for lang, examples in tests.items():
-            predictions = family.predict(model, examples)
-            write_text(seed_dir / "predictions" / spec.name / f"test-{lang}.{family.suffix}",
-                       family.prediction_text(predictions))
+            predictions = family.predict(model, examples)  # sharded over the processes, gathered
+            if accelerator.is_main_process:
+                write_text(seed_dir / "predictions" / spec.name / f"test-{lang}.{family.suffix}",
+                           family.prediction_text(predictions))
             scores[lang] = family.score(examples, predictions, lang)
         summary = aggregate.task_score(scores, spec.name, languages=test_languages)
         record = {
@@ -726,10 +938,15 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
                           "best_step": state.best_step, "best_dev_score": state.best_score,
                           "steps": state.step, "history": state.history},
             "hyperparameters": hp, "model": identity, "data": data_info, "n_train_examples": len(train),
-            "n_train_features": len(train_features), "wall_seconds": round(time.time() - started, 2),
+            "n_train_features": len(train_features),
+            "execution": execution_record(accelerator.device, num_processes=accelerator.num_processes,
+                                          micro_batch_size=micro, mixed_precision=accelerator.mixed_precision),
+            "wall_seconds": round(time.time() - started, 2),
             "run_hash": run_hash, "provenance": provenance(run_config),
         }
-        write_json(results_path, record)
-        (seed_dir / "checkpoint.pt").unlink(missing_ok=True)
+        if accelerator.is_main_process:
+            write_json(results_path, record)
+            (seed_dir / "checkpoint.pt").unlink(missing_ok=True)
+        accelerator.wait_for_everyone()  # no process looks at the next seed's files before they are final
         results.append(record)
     return results
