@@ -521,7 +521,7 @@ def word_items(corpus, lang: str, tokenizer, pairs: int, max_length: int, max_wo
     path = corpus.dictionary_path(lang)
     if path is None:
         return []
-    miner = SynonymMiner.from_tsv(path, "en", lang)
+    miner = SynonymMiner.from_file(path, "en", lang)
     items, seen = [], set()
     for mined in mine_corpus(corpus.parallel(lang, "dev")[:pairs], miner, tokenizer, max_length=max_length):
         for s0, s1, t0, t1 in mined.spans:
