@@ -156,14 +156,8 @@ def read_monolingual(path: str | Path, stats: ReadStats | None = None) -> Iterat
     for number, text in iter_lines(path):
         stats.read += 1
         text = text.strip()
-        if not text:
-            stats.skip("empty line", number)
-            continue
-        if invisible_only(text):
-            stats.skip(INVISIBLE_LINE, number)
-            continue
-        stats.kept += 1
-        yield text
+        if _keep_sentence(text, number, stats):
+            yield text
 
 
 def read_parallel(path: str | Path, stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
@@ -229,14 +223,8 @@ def read_monolingual_jsonl(path: str | Path, stats: ReadStats | None = None, fie
             stats.skip("empty line", number)
             continue
         text = _json_text(record, field, path, number).strip()
-        if not text:
-            stats.skip("empty line", number)
-            continue
-        if invisible_only(text):
-            stats.skip(INVISIBLE_LINE, number)
-            continue
-        stats.kept += 1
-        yield text
+        if _keep_sentence(text, number, stats):
+            yield text
 
 
 def read_parallel_jsonl(path: str | Path, src_lang: str, tgt_lang: str,
@@ -470,3 +458,15 @@ def _field(row: dict, dotted: str, name: str, number: int) -> str:
             raise InputError(name, number, f"row has no field {dotted!r} (fields: {sorted(row)})")
         value = value[key]
     return str(value)
+
+
+def _keep_sentence(text: str, number: int, stats) -> bool:
+    """Whether one stripped monolingual line is kept; an empty or invisible-only one is a counted skip."""
+    if not text:
+        stats.skip("empty line", number)
+        return False
+    if invisible_only(text):
+        stats.skip(INVISIBLE_LINE, number)
+        return False
+    stats.kept += 1
+    return True
