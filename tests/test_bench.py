@@ -3,6 +3,7 @@
 Benchmarks are not timed tests: nothing here asserts a speed.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from conftest import tiny_training_overrides
 
 from veco2.bench import SyntheticShards, batch_statistics, main
 from veco2.config import load_config
-from veco2.data.batching import SpecialTokens, collate, pack_first_fit
+from veco2.data.batching import PretrainingBatch, SpecialTokens, collate, pack_first_fit
 from veco2.model import Veco2ForPretraining, build_encoder
 
 TINY = ["--data", "synthetic", "--size", "tiny", "--vocab-size", "500", "--seq-len", "24", "--batch-size", "6",
@@ -47,26 +48,28 @@ def test_packed_sequences_are_encoded_exactly_as_alone(implementation, cross_lay
     plain = collate(shards, mono, bi, cfg, special, torch.Generator().manual_seed(0))
     object.__setattr__(cfg.data, "packing", True)
     packed = collate(shards, mono, bi, cfg, special, torch.Generator().manual_seed(0))
-    assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0]
+    assert packed.input_ids.shape[0] < plain.input_ids.shape[0]
     assert batch_statistics(packed)["tokens"] == batch_statistics(plain)["tokens"]
 
     def unmasked(batch):  # the masking draws differ with the shape: compare on the original ids
-        return torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+        return torch.where(batch.labels != -100, batch.labels, batch.input_ids)
 
     with torch.no_grad():
         for name, encoding in (("main", "joint"), ("clean", "separate")):
             prefix = "" if name == "main" else "clean_"
-            ids_a = unmasked(plain) if name == "main" else plain["clean_input_ids"]
-            ids_b = unmasked(packed) if name == "main" else packed["clean_input_ids"]
-            sides = {"side_ids": plain.get("side_ids")} if name == "main" else {}  # late fusion: sides apart below
-            a = model.encode(ids_a, plain[f"{prefix}attention_mask"], position_ids=plain.get(f"{prefix}position_ids"),
-                             **sides)
-            b = model.encode(ids_b, packed[f"{prefix}attention_mask"], segment_ids=packed[f"{prefix}segment_ids"],
-                             position_ids=packed[f"{prefix}position_ids"], side_ids=packed.get("side_ids") if sides else None)
+            ids_a = unmasked(plain) if name == "main" else plain.clean_input_ids
+            ids_b = unmasked(packed) if name == "main" else packed.clean_input_ids
+            sides = {"side_ids": plain.side_ids} if name == "main" else {}  # late fusion: sides apart below
+            a = model.encode(ids_a, getattr(plain, f"{prefix}attention_mask"),
+                             position_ids=getattr(plain, f"{prefix}position_ids"), **sides)
+            b = model.encode(ids_b, getattr(packed, f"{prefix}attention_mask"),
+                             segment_ids=getattr(packed, f"{prefix}segment_ids"),
+                             position_ids=getattr(packed, f"{prefix}position_ids"),
+                             side_ids=packed.side_ids if sides else None)
             # The views of the main pass leave out the positions chosen for MLM, which differ with
             # the shapes: read both as unmasked (the ids encoded above).
-            view_plain = {**plain, "input_ids": ids_a, "labels": torch.full_like(plain["labels"], -100)}
-            view_packed = {**packed, "input_ids": ids_b, "labels": torch.full_like(packed["labels"], -100)}
+            view_plain = dataclasses.replace(plain, input_ids=ids_a, labels=torch.full_like(plain.labels, -100))
+            view_packed = dataclasses.replace(packed, input_ids=ids_b, labels=torch.full_like(packed.labels, -100))
             for layer in (-2, -1):  # late fusion: sides apart, sides joined
                 view_a = model.pair_view(view_plain, a, a if name == "clean" else None, encoding, layer)
                 view_b = model.pair_view(view_packed, b, b if name == "clean" else None, encoding, layer)
@@ -77,8 +80,8 @@ def test_packed_sequences_are_encoded_exactly_as_alone(implementation, cross_lay
                 torch.testing.assert_close(view_a.src_mask[:, :width].bool(), view_b.src_mask.bool())
                 assert torch.equal(view_a.spans, view_b.spans)
         # Without the block-diagonal mask the packed sequences would see each other.
-        leaky = model.encode(packed["clean_input_ids"], packed["clean_attention_mask"],
-                             position_ids=packed["clean_position_ids"])
+        leaky = model.encode(packed.clean_input_ids, packed.clean_attention_mask,
+                             position_ids=packed.clean_position_ids)
         view = model.pair_view(packed, leaky, leaky, "separate", -1)
         assert not torch.allclose(view.src[view_b.src_mask.bool()], view_b.src[view_b.src_mask.bool()], atol=1e-3)
 
@@ -136,8 +139,10 @@ def test_background_workers_yield_the_same_batches_as_the_loop():
     from_workers = list(loader)
     assert len(from_workers) == 6
     for a, b in zip(in_process, from_workers):
+        assert type(b) is PretrainingBatch
+        a, b = a.tensors(), b.tensors()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # Item i of a resumed dataset is item start + i of a fresh one.
     fresh = StepBatches(shards, sampler, cfg, special, start=0, end=12)
-    assert all(torch.equal(fresh[6 + i]["input_ids"], in_process[i]["input_ids"]) for i in range(6))
-    assert not torch.equal(fresh[6]["labels"], fresh[7]["labels"])
+    assert all(torch.equal(fresh[6 + i].input_ids, in_process[i].input_ids) for i in range(6))
+    assert not torch.equal(fresh[6].labels, fresh[7].labels)

@@ -35,7 +35,7 @@ def _check_gathered_equals_single_process(symmetric: bool) -> None:
 
     # Single process, whole batch: in-batch negatives over all WORLD * N_LOCAL pairs.
     whole_src, whole_tgt = src.clone().requires_grad_(), tgt.clone().requires_grad_()
-    single = SequenceContrastive(temperature=0.1, symmetric=symmetric)
+    single = SequenceContrastive(temperature=0.1, symmetric=symmetric, negatives="in_batch")
     reference = single(whole_src, src_mask, whole_tgt, tgt_mask)
     ref_grad_src, ref_grad_tgt = torch.autograd.grad(reference, [whole_src, whole_tgt])
 

@@ -160,7 +160,7 @@ def test_sparse_mlm_equals_full_vocabulary_loss():
 def test_mlm_without_masked_tokens_is_zero_with_graph():
     hidden = torch.randn(2, 4, 8, dtype=DT, requires_grad=True)
     head = nn.Linear(8, 5).to(DT)
-    loss = MaskedLM(mode="tlm")(hidden, torch.full((2, 4), -100), head)
+    loss = MaskedLM()(hidden, torch.full((2, 4), -100), head)
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert hidden.grad.abs().sum() == 0 and head.weight.grad.abs().sum() == 0
@@ -198,7 +198,7 @@ def test_sequence_contrastive_in_batch_matches_reference(pooling, symmetric):
     src = torch.randn(5, 6, 4, dtype=DT, generator=g, requires_grad=True)
     tgt = torch.randn(5, 7, 4, dtype=DT, generator=g, requires_grad=True)
     src_mask, tgt_mask = random_mask(5, 6, g), random_mask(5, 7, g)
-    objective = SequenceContrastive(pooling=pooling, symmetric=symmetric, temperature=0.3)
+    objective = SequenceContrastive(pooling=pooling, symmetric=symmetric, temperature=0.3, negatives="in_batch")
     loss = objective(src, src_mask, tgt, tgt_mask)
     ref = ref_sequence_loss(src, src_mask, tgt, tgt_mask, pooling, 0.3, symmetric)
     assert_same_value_and_grads(loss, ref, [src, tgt])
@@ -332,13 +332,13 @@ def test_sequence_contrastive_separable_and_shuffled():
 # -- token contrast -------------------------------------------------------------------------------
 
 
-def ref_token_loss(src, src_valid, tgt, tgt_valid, spans, *, pooling, negatives,
+def ref_token_loss(src, src_valid, tgt, tgt_valid, spans, *, subword_pooling, negatives,
                    exclude_other_matched, temperature, symmetric):
     """Per pair, with loops: word vectors, candidate tokens, InfoNCE; averaged over pairs."""
     spans = spans.tolist()
 
     def word(hidden, b, start, end):
-        if pooling == "first":
+        if subword_pooling == "first":
             return hidden[b, start]
         return sum(hidden[b, t] for t in range(start, end)) / (end - start)
 
@@ -405,11 +405,11 @@ def test_token_contrastive_matches_reference(pooling, negatives, exclude_other_m
     src_valid, tgt_valid = random_mask(3, 8, g), random_mask(3, 9, g)
     src_valid[0], tgt_valid[0] = True, True
     src_valid[:, 0] = tgt_valid[:, 0] = False  # <s>
-    options = dict(pooling=pooling, negatives=negatives,
+    options = dict(subword_pooling=pooling, negatives=negatives,
                    exclude_other_matched=exclude_other_matched, temperature=0.3,
                    symmetric=symmetric)
     shuffled_spans = SPANS[torch.randperm(len(SPANS), generator=g)]  # order must not matter
-    loss = TokenContrastive(**options)(src, src_valid, tgt, tgt_valid, shuffled_spans)
+    loss = TokenContrastive(**options, exclude_copies=False)(src, src_valid, tgt, tgt_valid, shuffled_spans)
     ref = ref_token_loss(src, src_valid, tgt, tgt_valid, SPANS, **options)
     assert_same_value_and_grads(loss, ref, [src, tgt])
 
@@ -431,10 +431,10 @@ def test_token_contrastive_exclude_copies_equals_removing_the_copies_by_hand():
     src_by_hand, tgt_by_hand = src_valid.clone(), tgt_valid.clone()
     src_by_hand[0, [4, 5]] = False
     tgt_by_hand[0, [1, 2, 7]] = False
-    ref = ref_token_loss(src, src_by_hand, tgt, tgt_by_hand, spans, pooling="mean", exclude_other_matched=False,
+    ref = ref_token_loss(src, src_by_hand, tgt, tgt_by_hand, spans, subword_pooling="mean", exclude_other_matched=False,
                          symmetric=True, **options)
     assert_same_value_and_grads(loss, ref, [src, tgt])
-    kept = TokenContrastive(**options)(src, src_valid, tgt, tgt_valid, spans)  # the copies as negatives
+    kept = TokenContrastive(**options, exclude_copies=False)(src, src_valid, tgt, tgt_valid, spans)  # copies kept
     assert not close(kept, loss)
     with pytest.raises(ValueError, match="exclude_copies needs src_ids and tgt_ids"):
         TokenContrastive(exclude_copies=True)(src, src_valid, tgt, tgt_valid, spans)
@@ -464,9 +464,9 @@ def test_token_contrastive_joint_encoding_same_tensor():
     tgt_valid = torch.zeros(2, 12, dtype=torch.bool)
     src_valid[:, 1:5], tgt_valid[:, 6:11] = True, True
     spans = torch.tensor([[0, 1, 3, 6, 7], [0, 3, 4, 8, 10], [1, 2, 3, 9, 11]])
-    options = dict(pooling="mean", negatives="both_sides", exclude_other_matched=False,
+    options = dict(subword_pooling="mean", negatives="both_sides", exclude_other_matched=False,
                    temperature=0.2, symmetric=True)
-    loss = TokenContrastive(**options)(hidden, src_valid, hidden, tgt_valid, spans)
+    loss = TokenContrastive(**options, exclude_copies=False)(hidden, src_valid, hidden, tgt_valid, spans)
     ref = ref_token_loss(hidden, src_valid, hidden, tgt_valid, spans, **options)
     assert_same_value_and_grads(loss, ref, [hidden])
 
@@ -477,12 +477,12 @@ def test_token_contrastive_projection_applied_before_subword_pooling():
     tgt = torch.randn(1, 5, 4, dtype=DT, generator=g, requires_grad=True)
     valid = torch.ones(1, 5, dtype=torch.bool)
     spans = torch.tensor([[0, 1, 3, 2, 4]])
-    objective = TokenContrastive(4, projection=3, temperature=0.2).to(DT)
+    objective = TokenContrastive(4, projection=3, temperature=0.2, exclude_copies=False).to(DT)
     loss = objective(src, valid, tgt, valid, spans)
     linear = objective.projection[0]
     ref = ref_token_loss(torch.tanh(F.linear(src, linear.weight, linear.bias)), valid,
                          torch.tanh(F.linear(tgt, linear.weight, linear.bias)), valid, spans,
-                         pooling="mean", negatives="other_side", exclude_other_matched=False,
+                         subword_pooling="mean", negatives="other_side", exclude_other_matched=False,
                          temperature=0.2, symmetric=True)
     assert_same_value_and_grads(loss, ref, [src, tgt, linear.weight])
 
@@ -490,7 +490,7 @@ def test_token_contrastive_projection_applied_before_subword_pooling():
 def test_token_contrastive_no_pairs_is_zero_with_graph():
     src = torch.randn(2, 4, 3, dtype=DT, requires_grad=True)
     valid = torch.ones(2, 4, dtype=torch.bool)
-    loss = TokenContrastive()(src, valid, src, valid, torch.zeros(0, 5, dtype=torch.long))
+    loss = TokenContrastive(exclude_copies=False)(src, valid, src, valid, torch.zeros(0, 5, dtype=torch.long))
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert src.grad.abs().sum() == 0
@@ -500,9 +500,9 @@ def test_token_contrastive_rejects_bad_spans():
     x = torch.randn(1, 4, 3)
     valid = torch.ones(1, 4, dtype=torch.bool)
     with pytest.raises(ValueError, match="row 0"):
-        TokenContrastive()(x, valid, x, valid, torch.tensor([[0, 2, 2, 0, 1]]))  # empty source span
+        TokenContrastive(exclude_copies=False)(x, valid, x, valid, torch.tensor([[0, 2, 2, 0, 1]]))  # empty source span
     with pytest.raises(ValueError, match="out of range"):
-        TokenContrastive()(x, valid, x, valid, torch.tensor([[0, 0, 1, 3, 5]]))
+        TokenContrastive(exclude_copies=False)(x, valid, x, valid, torch.tensor([[0, 0, 1, 3, 5]]))
 
 
 def test_token_contrastive_separable_and_shuffled():
@@ -515,7 +515,7 @@ def test_token_contrastive_separable_and_shuffled():
     valid[:, 0] = False
     # word (s, s+1) translates to target position perm.index(s)
     pairs = [[0, s, s + 1, perm.index(s), perm.index(s) + 1] for s in (1, 2, 3, 5, 7)]
-    objective = TokenContrastive(temperature=0.02, negatives="both_sides")
+    objective = TokenContrastive(temperature=0.02, negatives="both_sides", exclude_copies=False)
     assert objective(src, valid, tgt, valid, torch.tensor(pairs)).item() < 1e-6
     # Point each source word at the target token after its synonym (wrapping past position 0).
     wrong = [[0, s, s + 1, perm.index(s) % 7 + 1, perm.index(s) % 7 + 2]

@@ -82,26 +82,26 @@ def test_collate_builds_tlm_rows_and_side_views(prepared, small_corpus_dir):
     special = SpecialTokens.of(tokenizer)
     mono_idx, bi_idx = np.array([0, 1]), np.array([3, 5, 8])
     batch = collate(shards, mono_idx, bi_idx, cfg, special, torch.Generator().manual_seed(0))
-    assert batch["input_ids"].shape[0] == 5 and batch["clean_input_ids"].shape[0] == 6
+    assert batch.input_ids.shape[0] == 5 and batch.clean_input_ids.shape[0] == 6
     for row, i in enumerate(bi_idx):
         src, tgt, spans = shards.bi(int(i))
-        joint = batch["attention_mask"][2 + row].bool()
+        joint = batch.attention_mask[2 + row].bool()
         # The side masks select exactly the source and target tokens of the TLM row.
-        clean = batch["clean_input_ids"]
-        assert clean[row][batch["side_src_valid"][row]].tolist() == src.tolist()
-        assert clean[3 + row][batch["side_tgt_valid"][row]].tolist() == tgt.tolist()
-        assert int(batch["joint_src_mask"][row].sum()) == len(src)
-        assert int(batch["joint_tgt_mask"][row].sum()) == len(tgt)
-        assert not (batch["joint_src_mask"][row] & ~joint).any()
+        clean = batch.clean_input_ids
+        assert clean[row][batch.side_src_valid[row]].tolist() == src.tolist()
+        assert clean[3 + row][batch.side_tgt_valid[row]].tolist() == tgt.tolist()
+        assert int(batch.joint_src_mask[row].sum()) == len(src)
+        assert int(batch.joint_tgt_mask[row].sum()) == len(tgt)
+        assert not (batch.joint_src_mask[row] & ~joint).any()
     # Joint spans index the same token ids as the side spans they came from.
     unmasked = torch.stack([torch.as_tensor([special.bos, *shards.bi(int(i))[0].tolist(), special.eos, special.eos,
                                              *shards.bi(int(i))[1].tolist(), special.eos]
-                                            + [special.pad] * (batch["input_ids"].shape[1] - len(shards.bi(int(i))[0]) - len(shards.bi(int(i))[1]) - 4))
+                                            + [special.pad] * (batch.input_ids.shape[1] - len(shards.bi(int(i))[0]) - len(shards.bi(int(i))[1]) - 4))
                             for i in bi_idx])
-    for (p, s0, s1, t0, t1), (_, cs0, cs1, ct0, ct1) in zip(batch["joint_spans"].tolist(), batch["side_spans"].tolist()):
-        assert unmasked[p, s0:s1].tolist() == batch["clean_input_ids"][p, cs0:cs1].tolist()
-        assert unmasked[p, t0:t1].tolist() == batch["clean_input_ids"][3 + p, ct0:ct1].tolist()
-    assert len(batch["joint_spans"]) > 0
+    for (p, s0, s1, t0, t1), (_, cs0, cs1, ct0, ct1) in zip(batch.joint_spans.tolist(), batch.side_spans.tolist()):
+        assert unmasked[p, s0:s1].tolist() == batch.clean_input_ids[p, cs0:cs1].tolist()
+        assert unmasked[p, t0:t1].tolist() == batch.clean_input_ids[3 + p, ct0:ct1].tolist()
+    assert len(batch.joint_spans) > 0
 
 
 def test_separate_bilingual_mode_reuses_the_main_pass(prepared, small_corpus_dir):
@@ -110,9 +110,9 @@ def test_separate_bilingual_mode_reuses_the_main_pass(prepared, small_corpus_dir
                                        "objectives.tok.encoding": "separate"})
     batch = collate(shards, np.array([0]), np.array([1, 2]), cfg, SpecialTokens.of(tokenizer),
                     torch.Generator().manual_seed(0))
-    assert "clean_input_ids" not in batch
-    assert batch["input_ids"].shape[0] == 5
-    assert batch["side_src_rows"].tolist() == [1, 2] and batch["side_tgt_rows"].tolist() == [3, 4]
+    assert batch.clean_input_ids is None
+    assert batch.input_ids.shape[0] == 5
+    assert batch.side_src_rows.tolist() == [1, 2] and batch.side_tgt_rows.tolist() == [3, 4]
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -125,28 +125,28 @@ def test_tlm_cross_layers_keep_the_sides_apart_below_the_top_layers(prepared, sm
                                            "objectives.seq.encoding": "joint", "model.dropout": 0.0})
         batch = collate(shards, np.array([0, 1]), np.array([2, 3]), cfg, special, torch.Generator().manual_seed(0))
         if change_target:  # other target tokens, same lengths: the source side must not notice below the cross layers
-            tgt = batch["side_ids"] == 2
-            batch["input_ids"] = torch.where(tgt, (batch["input_ids"] + 7) % len(tokenizer) + 5, batch["input_ids"])
+            tgt = batch.side_ids == 2
+            batch.input_ids = torch.where(tgt, (batch.input_ids + 7) % len(tokenizer) + 5, batch.input_ids)
         torch.manual_seed(0)
         model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
         with torch.no_grad():
-            out = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
-                               position_ids=batch.get("position_ids"), side_ids=batch["side_ids"])
-            plain = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
-                                 position_ids=batch.get("position_ids"))
+            out = model.encode(batch.input_ids, batch.attention_mask, segment_ids=batch.segment_ids,
+                               position_ids=batch.position_ids, side_ids=batch.side_ids)
+            plain = model.encode(batch.input_ids, batch.attention_mask, segment_ids=batch.segment_ids,
+                                 position_ids=batch.position_ids)
         return batch, out.hidden_states, plain.hidden_states
 
     layers = 2  # tiny_training_overrides' model
     batch, every_layer, plain = main_pass(cross=layers)  # every layer crosses: plain TLM
     assert len(every_layer) == layers + 1
-    assert batch["side_ids"].eq(1).any() and batch["side_ids"].eq(2).any()
-    real = batch["attention_mask"].bool()
+    assert batch.side_ids.eq(1).any() and batch.side_ids.eq(2).any()
+    real = batch.attention_mask.bool()
     for ours, theirs in zip(every_layer, plain):
         torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
 
     batch, states, _ = main_pass(cross=1)
     _, changed, _ = main_pass(cross=1, change_target=True)
-    src = batch["side_ids"] == 1
+    src = batch.side_ids == 1
     for layer in range(layers):  # hidden states 0 .. L-1: sides apart
         torch.testing.assert_close(states[layer][src], changed[layer][src], rtol=0, atol=0)
     assert not torch.allclose(states[layers][src], changed[layers][src])  # the top layer sees the other side
@@ -160,11 +160,11 @@ def test_tlm_reset_positions_restart_at_the_target_side(prepared, small_corpus_d
                                        "objectives.mlm.tlm_cross_layers": 0})
     batch = collate(shards, np.array([0]), np.array([2, 3]), cfg, special, torch.Generator().manual_seed(0))
     first = special.pad + 1
-    positions = batch["position_ids"]
+    positions = batch.position_ids
     width = positions.shape[1]
     for n, pair in enumerate((2, 3)):
         src, tgt, _ = shards.bi(pair)
-        row, col = divmod(int(batch["pair_index"][n, 0]), width) if packing else (int(batch["pair_rows"][n]), 0)
+        row, col = divmod(int(batch.pair_index[n, 0]), width) if packing else (int(batch.pair_rows[n]), 0)
         tgt_start = col + len(src) + 2  # after "<s> x </s>"
         assert positions[row, col:tgt_start].tolist() == list(range(first, first + len(src) + 2))
         assert positions[row, tgt_start:tgt_start + len(tgt) + 2].tolist() == list(range(first, first + len(tgt) + 2))
@@ -187,7 +187,7 @@ def test_sparse_mlm_loss_equals_the_hf_full_vocabulary_loss(prepared, small_corp
     batch = collate(shards, np.arange(4), np.arange(4), cfg, special, torch.Generator().manual_seed(1))
     sparse = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=True)
     full = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=False)
-    hf = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    hf = encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
     torch.testing.assert_close(sparse(batch)["mlm"], hf, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(full(batch)["mlm"], hf, rtol=1e-5, atol=1e-5)
 
@@ -310,17 +310,17 @@ def test_default_tlm_is_xlm_tlm_every_layer_and_reset_positions(prepared, small_
 
     def source_states(shift_target):
         batch = collate(shards, np.array([0]), np.array([2, 3]), cfg, special, torch.Generator().manual_seed(0))
-        assert "side_ids" not in batch  # no late-fusion masks
-        ids = batch["input_ids"]
+        assert batch.side_ids is None  # no late-fusion masks
+        ids = batch.input_ids
         tgt = torch.zeros(ids.numel(), dtype=torch.bool)
-        tgt[batch["pair_index"][batch["joint_tgt_mask"]]] = True
+        tgt[batch.pair_index[batch.joint_tgt_mask]] = True
         tgt = tgt.view_as(ids)
         if shift_target:  # other target tokens: the source side sees them from the first layer on
             ids = torch.where(tgt, (ids + 7) % len(tokenizer) + 5, ids)
         with torch.no_grad():
-            out = model.encode(ids, batch["attention_mask"], segment_ids=batch["segment_ids"],
-                               position_ids=batch["position_ids"])
-        src = batch["pair_index"][batch["joint_src_mask"]]
+            out = model.encode(ids, batch.attention_mask, segment_ids=batch.segment_ids,
+                               position_ids=batch.position_ids)
+        src = batch.pair_index[batch.joint_src_mask]
         return [h.flatten(0, 1)[src] for h in out.hidden_states]
 
     same, changed = source_states(False), source_states(True)
@@ -339,11 +339,11 @@ def test_default_contrastive_terms_read_clean_text(prepared, small_corpus_dir):
     losses = []
     for seed in (0, 1):  # two different maskings of the same instances
         batch = collate(shards, np.arange(4), np.arange(6), cfg, special, torch.Generator().manual_seed(seed))
-        assert not (batch["clean_input_ids"] == special.mask).any()
+        assert not (batch.clean_input_ids == special.mask).any()
         with torch.no_grad():
             losses.append(model(batch))
-        main = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch["segment_ids"],
-                            position_ids=batch["position_ids"])
+        main = model.encode(batch.input_ids, batch.attention_mask, segment_ids=batch.segment_ids,
+                            position_ids=batch.position_ids)
         view = model.pair_view(batch, main, main, "separate", -1)
         assert not (view.src_ids == special.mask).any() and not (view.tgt_ids == special.mask).any()
     assert losses[0]["mlm"] != losses[1]["mlm"]
@@ -364,8 +364,8 @@ def test_default_sequence_term_pools_the_retrieval_layer_as_retrieval_does(prepa
     assert Veco2ForPretraining(encoder, cfg.objectives, retrieval_layer=-1).seq.layer == 2
     batch = collate(shards, np.arange(2), np.arange(5), cfg, special, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        clean = model.encode(batch["clean_input_ids"], batch["clean_attention_mask"],
-                             segment_ids=batch["clean_segment_ids"], position_ids=batch["clean_position_ids"])
+        clean = model.encode(batch.clean_input_ids, batch.clean_attention_mask,
+                             segment_ids=batch.clean_segment_ids, position_ids=batch.clean_position_ids)
         view = model.pair_view(batch, clean, clean, "separate", model.seq.layer)
         pooled = model.seq.embed(view.tgt, view.tgt_mask)
         for n, i in enumerate(range(5)):  # veco2.xtreme.evaluate.encode: "<s> y </s>" alone, mean over non-pad
@@ -384,12 +384,12 @@ def test_clean_pass_stops_at_the_deepest_layer_it_serves(prepared, small_corpus_
     model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
     assert model.clean_depth == 1  # the sequence term reads layer 1 of 2; the token term is off
     batch = collate(shards, np.arange(2), np.arange(5), cfg, special, torch.Generator().manual_seed(0))
-    args = (batch["clean_input_ids"], batch["clean_attention_mask"])
-    kwargs = dict(segment_ids=batch["clean_segment_ids"], position_ids=batch["clean_position_ids"])
+    args = (batch.clean_input_ids, batch.clean_attention_mask)
+    kwargs = dict(segment_ids=batch.clean_segment_ids, position_ids=batch.clean_position_ids)
     with torch.no_grad():
         short, full = model.encode(*args, **kwargs, depth=1), model.encode(*args, **kwargs)
         assert len(short.hidden_states) == 2
-        real = batch["clean_attention_mask"].bool()
+        real = batch.clean_attention_mask.bool()
         for a, b in zip(short.hidden_states, full.hidden_states):
             torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)
         loss_short = model(batch)["seq"]
@@ -407,25 +407,25 @@ def test_joint_option_leaves_masked_positions_out(prepared, small_corpus_dir, pa
     torch.manual_seed(0)
     model = Veco2ForPretraining(build_encoder(cfg.model, len(tokenizer), special.pad), cfg.objectives).eval()
     batch = collate(shards, np.arange(2), np.arange(8), cfg, special, torch.Generator().manual_seed(0))
-    assert "clean_input_ids" not in batch
+    assert batch.clean_input_ids is None
     with torch.no_grad():
-        main = model.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
-                            position_ids=batch.get("position_ids"), side_ids=batch["side_ids"])
+        main = model.encode(batch.input_ids, batch.attention_mask, segment_ids=batch.segment_ids,
+                            position_ids=batch.position_ids, side_ids=batch.side_ids)
     view = model.pair_view(batch, main, None, "joint", -1)
-    chosen = model._rows(batch["labels"], batch, "pair") != -100
-    assert chosen[batch["joint_src_mask"]].any() and chosen[batch["joint_tgt_mask"]].any()
+    chosen = batch.tlm_rows(batch.labels) != -100
+    assert chosen[batch.joint_src_mask].any() and chosen[batch.joint_tgt_mask].any()
     for mask in (view.src_mask, view.tgt_mask, view.src_valid, view.tgt_valid):
         assert not (mask.bool() & chosen).any()
     # Pooling: <s> x </s> and </s> y </s> of the row (as retrieval pools), less the masked positions.
-    assert torch.equal(view.src_mask.bool(), batch["joint_src_pool"] & ~chosen)
-    assert torch.equal(view.tgt_mask.bool(), batch["joint_tgt_pool"] & ~chosen)
-    assert (batch["joint_src_pool"] & ~batch["joint_src_mask"]).sum() == 2 * 8  # <s>, </s> per pair
+    assert torch.equal(view.src_mask.bool(), batch.joint_src_pool & ~chosen)
+    assert torch.equal(view.tgt_mask.bool(), batch.joint_tgt_pool & ~chosen)
+    assert (batch.joint_src_pool & ~batch.joint_src_mask).sum() == 2 * 8  # <s>, </s> per pair
     for p, s0, s1, t0, t1 in view.spans.tolist():
         assert not chosen[p, s0:s1].any() and not chosen[p, t0:t1].any()
-    assert 0 < len(view.spans) < len(batch["joint_spans"])
+    assert 0 < len(view.spans) < len(batch.joint_spans)
     # The copies rule reads the unmasked ids.
-    ids = model._rows(torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"]), batch, "pair")
-    assert torch.equal(view.src_ids, ids) and not (view.src_ids[batch["joint_src_mask"]] == special.mask).any()
+    ids = batch.tlm_rows(torch.where(batch.labels != -100, batch.labels, batch.input_ids))
+    assert torch.equal(view.src_ids, ids) and not (view.src_ids[batch.joint_src_mask] == special.mask).any()
 
 
 def test_paper_scale_configs_use_an_infoxlm_sized_queue():

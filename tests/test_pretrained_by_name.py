@@ -125,6 +125,8 @@ def test_pretraining_starts_from_a_hub_name(small_corpus_dir, tiny_tokenizer_dir
         "training.checkpoint_every": 2, "training.log_every": 1})
     summary = pretrain(load_config(str(ROOT / "ablations" / "mlm.yaml"), overrides=overrides), tmp_path / "run")
     assert summary["steps"] == 2 and summary["config"]["model"]["init_from"] == "veco2-test/tiny-mlm"
+    # the summary pins the weights: the hub name and the snapshot's commit
+    assert summary["init_from"]["name"] == "veco2-test/tiny-mlm" and summary["init_from"]["revision"] == COMMIT
     start = load_file(source / "model.safetensors")["roberta.embeddings.word_embeddings.weight"]
     trained = load_file(tmp_path / "run" / "model" / "model.safetensors")["roberta.embeddings.word_embeddings.weight"]
     # the cached weights were trained on: two small steps away from them

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 
 from .config import Config, load_config
-from .data.batching import SpecialTokens, StepSampler, collate, needs_clean_pass
+from .data.batching import PretrainingBatch, SpecialTokens, StepSampler, collate, needs_clean_pass
 from .data.corpus import Corpus
 from .errors import Veco2Error
 from .fileio import write_json
@@ -239,8 +239,7 @@ class System:
         self.sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(),
                                    cfg.training.batch_size, cfg.data.bilingual_ratio, 0, cfg.data.bucket_by_length,
                                    cfg.data.bucket_window)
-        self.weights = {"mlm": cfg.objectives.mlm.weight, "seq": cfg.objectives.seq.weight,
-                        "tok": cfg.objectives.tok.weight}
+        self.weights = cfg.objectives.weights()
         self.step_index = 0
         self.options = {"packing": cfg.data.packing,
                         "bucket_by_length": cfg.data.bucket_by_length, "sparse_mlm_head": cfg.model.sparse_mlm_head,
@@ -258,7 +257,7 @@ class System:
         self.step_index += 1
         stats = batch_statistics(batch)
         pin = self.device.type == "cuda"
-        batch = {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) for k, v in batch.items()}
+        batch = (batch.pin_memory() if pin else batch).to(self.device, non_blocking=pin)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext())
         with autocast:
             losses = self.forward(batch) if self.spec.kind == "veco2" else self.baseline_losses(batch)
@@ -270,51 +269,51 @@ class System:
         self.model.update_momentum(self.cfg.objectives.seq.momentum)
         return stats
 
-    def baseline_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def baseline_losses(self, batch: PretrainingBatch) -> dict[str, torch.Tensor]:
         """The plain way: HF's MLM loss over the full vocabulary, and one more encoder pass per side."""
-        out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           labels=batch["labels"])
+        out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           labels=batch.labels)
         losses = {"mlm": out.loss}
         if self.model.seq is None and self.model.tok is None:
             return losses
-        n = len(batch["side_src_rows"])
+        n = len(batch.side_src_rows)
         sides = []  # (hidden states, attention mask, content tokens, token ids) of the unmasked sides
         for rows, side in ((slice(0, n), "src"), (slice(n, 2 * n), "tgt")):
-            mask = batch[f"side_{side}_mask"]
+            mask = getattr(batch, f"side_{side}_mask")
             width = int(mask.sum(1).max())  # each side padded to its own longest sentence
-            ids = batch["clean_input_ids"][rows, :width]
+            ids = batch.clean_input_ids[rows, :width]
             hidden = self.encoder.roberta(input_ids=ids, attention_mask=mask[:, :width], output_hidden_states=True)
-            sides.append((hidden.hidden_states, mask[:, :width], batch[f"side_{side}_valid"][:, :width], ids))
+            sides.append((hidden.hidden_states, mask[:, :width], getattr(batch, f"side_{side}_valid")[:, :width], ids))
         (src, src_mask, src_valid, src_ids), (tgt, tgt_mask, tgt_valid, tgt_ids) = sides
         if self.model.seq is not None:
             layer = self.model.seq.layer
             losses["seq"] = self.model.seq(src[layer], src_mask, tgt[layer], tgt_mask)
         if self.model.tok is not None:
             layer = self.model.tok.layer
-            losses["tok"] = self.model.tok(src[layer], src_valid, tgt[layer], tgt_valid, batch["side_spans"],
+            losses["tok"] = self.model.tok(src[layer], src_valid, tgt[layer], tgt_valid, batch.side_spans,
                                            src_ids=src_ids, tgt_ids=tgt_ids)
         return losses
 
 
-def batch_statistics(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+def batch_statistics(batch: PretrainingBatch) -> dict[str, float]:
     """Non-pad tokens of the main pass, positions of all passes, masked tokens, attention span."""
-    tokens = int(batch["attention_mask"].sum())
-    positions = batch["attention_mask"].numel()
+    tokens = int(batch.attention_mask.sum())
+    positions = batch.attention_mask.numel()
     real = tokens
-    if "clean_attention_mask" in batch:
-        positions += batch["clean_attention_mask"].numel()
-        real += int(batch["clean_attention_mask"].sum())
-    if "segment_ids" in batch:
-        seg = batch["segment_ids"]
+    if batch.clean_attention_mask is not None:
+        positions += batch.clean_attention_mask.numel()
+        real += int(batch.clean_attention_mask.sum())
+    if batch.segment_ids is not None:
+        seg = batch.segment_ids
         counts = torch.stack([(seg == s).sum(1) for s in range(1, int(seg.max()) + 1)], 1).flatten()
     else:
-        counts = batch["attention_mask"].sum(1)
+        counts = batch.attention_mask.sum(1)
     counts = counts.double()
     # A token attends to the tokens of its own sequence: token-weighted mean span = Σ n² / Σ n.
     span = float((counts ** 2).sum() / counts.sum())
     return {"tokens": tokens, "positions": positions, "real_positions": real,
-            "main_positions": batch["attention_mask"].numel(),
-            "masked": int((batch["labels"] != -100).sum()), "span_x_tokens": span * tokens}
+            "main_positions": batch.attention_mask.numel(),
+            "masked": int((batch.labels != -100).sum()), "span_x_tokens": span * tokens}
 
 
 # ----------------------------------------------------------------------------------------------

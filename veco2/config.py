@@ -65,8 +65,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     corpus: str = "demo"
-    """``demo`` (the embedded corpus), or a directory in the same layout
-    (``parallel/{train,dev,test}/en-LANG.tsv[.gz]``, ``mono/LANG.txt[.gz]``, ``dict/en-LANG.tsv[.gz]``)."""
+    """``demo`` (the embedded corpus), or a directory in the same layout: parallel pairs
+    ``parallel/{train,dev,test}/en-LANG.tsv``, ``.jsonl`` or Moses ``en-LANG.en`` + ``en-LANG.LANG``;
+    monolingual text ``mono/LANG.txt`` or ``.jsonl``; dictionaries ``dict/en-LANG.tsv``, MUSE-style
+    ``.txt`` or FreeDict ``.tei``; each optionally gzipped (``docs/reliability.md``)."""
     languages: list[str] = field(default_factory=list)
     """Non-English languages to use; empty = every language the corpus has."""
     tokenizer: str = "train"
@@ -173,11 +175,69 @@ class TokenContrastiveConfig:
     for MLM left out of anchors, positives and negatives (no extra pass) (reconstruction)."""
 
 
+#: Config sections of the objectives registered beyond the three built-in ones
+#: (``veco2.objectives.register_objective``), by name in registration order.
+_REGISTERED_SECTIONS: dict[str, type] = {}
+
+
+def add_objective_section(name: str, config_cls: type) -> None:
+    """Make ``objectives.NAME`` a config section of type ``config_cls`` (a dataclass with a float
+    ``weight``) in every :class:`ObjectivesConfig` created from now on; YAML files and
+    ``objectives.NAME.key=value`` overrides then reach it like the built-in sections.  Called by
+    ``veco2.objectives.register_objective``; a built-in name is accepted with its own class."""
+    if name in BUILTIN_OBJECTIVES:
+        builtin = typing.get_type_hints(ObjectivesConfig)[name]
+        if builtin is not config_cls:
+            raise ConfigError(f"objectives.{name} is a built-in section of type {builtin.__name__}, "
+                              f"not {config_cls.__name__}")
+        return
+    if not name.isidentifier() or hasattr(ObjectivesConfig, name):
+        raise ConfigError(f"objectives.{name}: an objective's name must be a Python identifier that is "
+                          "not an attribute of ObjectivesConfig")
+    if not dataclasses.is_dataclass(config_cls) or "weight" not in {f.name for f in dataclasses.fields(config_cls)}:
+        raise ConfigError(f"objectives.{name}: {config_cls!r} must be a dataclass with a float 'weight' field")
+    _REGISTERED_SECTIONS[name] = config_cls
+
+
+def remove_objective_section(name: str) -> None:
+    """Undo :func:`add_objective_section` (configs created from now on lack the section)."""
+    _REGISTERED_SECTIONS.pop(name, None)
+
+
 @dataclass
 class ObjectivesConfig:
+    """The loss terms, one section per objective: ``L = Σ_name weight_name · L_name``.
+
+    The three built-in sections are fields; an objective registered from outside veco2
+    (``veco2.objectives.register_objective``) adds its section as an attribute of the same name
+    (see :meth:`sections`), merged, validated, hashed and saved like the built-in ones.  Copy it
+    with ``copy.deepcopy``: ``dataclasses.replace`` rebuilds registered sections at their defaults.
+    """
+
     mlm: MaskedLMConfig = field(default_factory=MaskedLMConfig)
     seq: SequenceContrastiveConfig = field(default_factory=SequenceContrastiveConfig)
     tok: TokenContrastiveConfig = field(default_factory=TokenContrastiveConfig)
+
+    def __post_init__(self) -> None:
+        for name, config_cls in _REGISTERED_SECTIONS.items():
+            setattr(self, name, config_cls())
+
+    def sections(self) -> dict[str, Any]:
+        """Every objective's section by name: mlm, seq, tok, then the registered ones."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update({name: getattr(self, name) for name in _REGISTERED_SECTIONS if hasattr(self, name)})
+        return out
+
+    def weights(self) -> dict[str, float]:
+        """``{name: weight}`` of every objective: the one definition of the loss weights."""
+        return {name: section.weight for name, section in self.sections().items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(section) for name, section in self.sections().items()}
+
+
+#: The built-in objectives' sections (the fields of :class:`ObjectivesConfig`).
+BUILTIN_OBJECTIVES = tuple(f.name for f in dataclasses.fields(ObjectivesConfig))
 
 
 @dataclass
@@ -230,12 +290,17 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata=KEEPS_WEIGHTS)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "objectives": self.objectives.to_dict()}
 
 
 def weight_settings(section: Any) -> dict[str, Any]:
     """The settings of ``section`` (a config dataclass) that decide the trained weights: every field
     except those marked :data:`KEEPS_WEIGHTS`, recursively."""
+    if isinstance(section, ObjectivesConfig):
+        # A registered objective that is switched off cannot change the weights: leaving it out
+        # keeps every hash as it was before the objective was registered.
+        return {name: weight_settings(value) for name, value in section.sections().items()
+                if name in BUILTIN_OBJECTIVES or value.weight != 0}
     out = {}
     for f in dataclasses.fields(section):
         if not f.metadata.get("affects_weights", True):
@@ -332,7 +397,7 @@ def _merge(obj: Any, updates: dict, source: str, prefix: str = "", lines: dict[s
         at = f"{source}:{lines[where]}" if where in lines else source
         raise ConfigError(f"{at}: {where or 'top level'}: expected a mapping, got {updates!r}")
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    names = list(obj.sections()) if isinstance(obj, ObjectivesConfig) else [f.name for f in dataclasses.fields(obj)]
     for key, value in updates.items():
         path = f"{prefix}{key}"
         if key not in names:
@@ -361,7 +426,6 @@ _POSITIVE = ("data.vocab_size", "data.max_length", "data.bucket_window", "traini
              "model.num_heads", "model.intermediate_size", "objectives.seq.temperature",
              "objectives.tok.temperature", "objectives.seq.queue_size", "evaluation.heldout_pairs")
 _NON_NEGATIVE = ("training.lr", "training.weight_decay", "training.warmup_steps", "training.clip_grad_norm",
-                 "objectives.mlm.weight", "objectives.seq.weight", "objectives.tok.weight",
                  "training.max_nonfinite_skips", "data.num_workers")
 _FRACTIONS = ("data.bilingual_ratio", "objectives.mlm.rate", "objectives.seq.momentum", "model.dropout")
 
@@ -389,6 +453,10 @@ def _check_ranges(cfg: Config, origins: dict[str, str] | None = None) -> None:
         value = _get(cfg, path)
         if not 0.0 <= value <= 1.0:
             raise fail(path, value, "must be between 0 and 1")
+    for name, section in cfg.objectives.sections().items():  # the built-in weights and registered ones
+        path = f"objectives.{name}.weight"
+        if not isinstance(section.weight, (int, float)) or section.weight < 0:
+            raise fail(path, section.weight, "must be >= 0")
     cross = cfg.objectives.mlm.tlm_cross_layers
     if cross is not None and cross < 0:
         raise fail("objectives.mlm.tlm_cross_layers", cross, "must be >= 0 (or null: every layer)")

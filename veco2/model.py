@@ -7,15 +7,19 @@ Read top to bottom:
    (safetensors), so ``transformers.AutoModel.from_pretrained(path)`` loads the encoder with no
    veco2 code.
 2. :class:`Veco2ForPretraining` runs the encoder passes a batch needs and returns each loss term.
-   A batch (built by ``veco2.data.batching``) holds one *main* pass of masked sequences
-   (monolingual instances, plus bilingual instances as TLM concatenations -- XLM's TLM, the sides
-   attending to each other in every layer -- or as separately masked sides) and, when a
+   It builds one objective per enabled entry of the registry ``veco2.objectives.OBJECTIVES``
+   (``cls.from_config(config section)``) and asks each for its term of the encoded batch
+   (:class:`EncodedBatch`).  A :class:`~veco2.data.batching.PretrainingBatch` holds one *main*
+   pass of masked sequences (monolingual instances, plus bilingual instances as TLM
+   concatenations -- XLM's TLM, the sides attending to each other in every layer -- or as
+   separately masked sides) and, when a
    contrastive term asks for clean separately encoded sides (the default for both), one *clean*
    pass: both sides of every pair, unmasked, packed into one batched encoder call that runs only
    as deep as the deepest layer a contrastive term reads.  The options ``encoding=joint`` read the
    main pass instead, with the positions chosen for MLM left out (``drop_masked_positions``).
 
-Loss: L = w_mlm · L_mlm + λ_seq · L_seq + λ_tok · L_tok (see ``veco2.objectives``).
+Loss: L = w_mlm · L_mlm + λ_seq · L_seq + λ_tok · L_tok (+ the terms of registered objectives; the
+weights are ``ObjectivesConfig.weights()``, see ``veco2.objectives``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from .config import ModelConfig, ObjectivesConfig
+from .data.batching import PretrainingBatch
 from .errors import Veco2Error
-from .objectives import (IGNORE_INDEX, MaskedLM, SequenceContrastive, TokenContrastive, drop_masked_positions,
-                         momentum_update)
+from .pretrained import resolve_pretrained
+from .weights import load_checked
+from .objectives import OBJECTIVES, IGNORE_INDEX, ObjectiveContext, drop_masked_positions, momentum_update
 from .xtreme.evaluate import default_layer
 
 log = logging.getLogger(__name__)
@@ -48,11 +54,12 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 def build_encoder(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> XLMRobertaForMaskedLM:
     """A randomly initialised XLM-R MLM model of ``cfg.size``, or the checkpoint ``cfg.init_from``."""
     if cfg.init_from:
-        try:
-            model = AutoModelForMaskedLM.from_pretrained(cfg.init_from, attn_implementation=cfg.attn_implementation)
-        except (OSError, ValueError) as err:
-            raise Veco2Error(f"model.init_from={cfg.init_from!r}: cannot load a masked-LM checkpoint: "
-                             f"{str(err).splitlines()[0]}") from None
+        # A hub name is downloaded (or found in the cache) first; the weights are then loaded checked:
+        # a file that does not fit the masked-LM model is an error, not a randomly initialised
+        # encoder (veco2.weights).  The MLM head is pre-trained further, so it must be there too.
+        source = resolve_pretrained(cfg.init_from)
+        model = load_checked(AutoModelForMaskedLM, source, new_head_prefixes=(),
+                             attn_implementation=cfg.attn_implementation)
         if model.get_input_embeddings().num_embeddings < vocab_size:
             raise Veco2Error(f"model.init_from={cfg.init_from!r} has a vocabulary of "
                              f"{model.get_input_embeddings().num_embeddings} but the tokenizer has {vocab_size}; "
@@ -125,12 +132,26 @@ class PassOutput:
     attention_mask: torch.Tensor
 
 
+@dataclass
+class EncodedBatch:
+    """What an objective's ``batch_loss`` reads: the batch, its encoder passes (``clean``: None when
+    the batch has no clean pass) and the model (LM head, pair views, momentum encoder)."""
+
+    batch: PretrainingBatch
+    main: PassOutput
+    clean: PassOutput | None
+    model: "Veco2ForPretraining"
+
+
 class Veco2ForPretraining(nn.Module):
     """Encoder + objectives.  ``forward(batch)`` returns ``{"mlm": ..., "seq": ..., "tok": ...}``.
 
-    The batch keys are documented in ``veco2.data.batching``.  ``retrieval_layer``: the layer the
-    retrieval evaluation reads (``evaluation.retrieval_layer``; None: 2/3 of the depth); the
-    sequence term pools it when ``seq.layer`` is None (the default), so both read one layer.
+    One submodule per enabled objective, named as in the registry (``self.seq`` is the
+    :class:`~veco2.objectives.SequenceContrastive`; a switched-off term's attribute is None), so
+    the state dict names stay those of the objectives.  The batch fields are documented in
+    ``veco2.data.batching``.  ``retrieval_layer``: the layer the retrieval evaluation reads
+    (``evaluation.retrieval_layer``; None: 2/3 of the depth); the sequence term pools it when
+    ``seq.layer`` is None (the default), so both read one layer.
     """
 
     def __init__(self, encoder: XLMRobertaForMaskedLM, objectives: ObjectivesConfig, sparse_mlm_head: bool = True,
@@ -139,59 +160,32 @@ class Veco2ForPretraining(nn.Module):
         self.encoder = encoder
         self.objectives_config = objectives
         self.sparse_mlm_head = sparse_mlm_head
-        self.mlm = MaskedLM(mode="tlm" if objectives.mlm.bilingual == "tlm" else "mlm", rate=objectives.mlm.rate,
-                            mask_prob=objectives.mlm.mask_prob, random_prob=objectives.mlm.random_prob)
-        hidden = encoder.config.hidden_size
-        seq, tok = objectives.seq, objectives.tok
-        cross, layers = objectives.mlm.tlm_cross_layers, encoder.config.num_hidden_layers
-        if cross is not None and cross > layers:
-            raise Veco2Error(f"objectives.mlm.tlm_cross_layers={cross}: the encoder has only {layers} layers")
-        # Hidden-state indices as 0 .. L (a clean pass that stops early holds fewer states).
-        self.seq_layer = self._layer_index("seq.layer", self.resolve_seq_layer(seq.layer, retrieval_layer, layers),
-                                           layers)
-        tok_layer = self._layer_index("tok.layer", tok.layer, layers)
-        if seq.weight > 0 and seq.encoding == "joint" and objectives.mlm.bilingual == "tlm":
-            apart = layers - (layers if cross is None else cross)  # last hidden state with the sides apart
-            if self.seq_layer % (layers + 1) > apart:
-                log.warning("objectives.seq.layer=%d pools hidden states in which the two sides of a TLM row "
-                            "attend to each other (apart up to %d with tlm_cross_layers=%s): the sequence loss "
-                            "can match them through each other", self.seq_layer, apart, cross)
-        self.seq = SequenceContrastive(
-            hidden_size=hidden, temperature=seq.temperature, pooling=seq.pooling, layer=self.seq_layer,
-            projection=seq.projection, symmetric=seq.symmetric, negatives=seq.negatives,
-            queue_size=seq.queue_size, encoding=seq.encoding, similarity=seq.similarity,
-        ) if seq.weight > 0 else None
-        self.tok = TokenContrastive(
-            hidden_size=hidden, temperature=tok.temperature, pooling=tok.subword_pooling,
-            negatives=tok.negatives, exclude_other_matched=tok.exclude_other_matched, symmetric=tok.symmetric,
-            layer=tok_layer, projection=tok.projection, exclude_copies=tok.exclude_copies,
-        ) if tok.weight > 0 else None
+        layers = encoder.config.num_hidden_layers
+        context = ObjectiveContext(encoder.config.hidden_size, layers,
+                                   retrieval_layer if retrieval_layer is not None else default_layer(layers),
+                                   objectives)
+        sections = objectives.sections()
+        self.objective_names: list[str] = []  # the enabled terms, in registry order
+        for name, cls in OBJECTIVES.items():
+            if name not in sections:  # a config made before this objective was registered
+                continue
+            cls.check(sections[name], context)
+            if name in self.__dict__ or name in self._modules or hasattr(nn.Module, name):
+                raise Veco2Error(f"objective {name!r}: the name is taken by an attribute of Veco2ForPretraining")
+            if cls.enabled(sections[name]):
+                self.add_module(name, cls.from_config(sections[name], context))
+                self.objective_names.append(name)
+            else:
+                setattr(self, name, None)
         # The clean pass runs only as deep as the deepest hidden state a term reads from it.
-        clean_layers = [self.seq_layer] if self.seq is not None and (seq.encoding == "separate" or
-                                                                       seq.negatives == "queue") else []
-        if self.tok is not None and tok.encoding == "separate":
-            clean_layers.append(tok_layer)
-        self.clean_depth = max(clean_layers, default=layers)
+        self.clean_depth = max((layer for name in self.objective_names
+                                if (layer := getattr(self, name).clean_layer) is not None), default=layers)
         # InfoXLM-style momentum encoder for the key side of the sequence queue; never trained by SGD.
         self.momentum_encoder: nn.Module | None = None
         self.momentum_seq: nn.Module | None = None
-        if self.seq is not None and seq.negatives == "queue":
+        if self.seq is not None and self.seq.negatives == "queue":
             self.momentum_encoder = copy.deepcopy(encoder.roberta).requires_grad_(False)
             self.momentum_seq = copy.deepcopy(self.seq).requires_grad_(False)
-
-    @staticmethod
-    def _layer_index(name: str, layer: int, num_layers: int) -> int:
-        if not -num_layers - 1 <= layer <= num_layers:
-            raise Veco2Error(f"objectives.{name}={layer}: the encoder has hidden states 0 .. {num_layers} "
-                             f"(or {-num_layers - 1} .. -1)")
-        return layer % (num_layers + 1)
-
-    @staticmethod
-    def resolve_seq_layer(layer: int | None, retrieval_layer: int | None, num_layers: int) -> int:
-        """``seq.layer``, or (None) the retrieval layer: ``evaluation.retrieval_layer``, else 2/3 depth."""
-        if layer is not None:
-            return layer
-        return retrieval_layer if retrieval_layer is not None else default_layer(num_layers)
 
     # -- encoder passes ---------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None,
@@ -253,15 +247,8 @@ class Veco2ForPretraining(nn.Module):
         raise Veco2Error(f"data.packing needs model.attn_implementation sdpa or eager, not {implementation!r} "
                          "(FlashAttention-2 takes packed sequences without a mask; not wired up here)")
 
-    def mlm_loss(self, main: PassOutput, labels: torch.Tensor) -> torch.Tensor:
-        if self.sparse_mlm_head:
-            return self.mlm(main.hidden_states[-1], labels, self.encoder.lm_head)
-        # The plain way (kept for benchmarks): logits over the whole vocabulary at every position.
-        logits = self.encoder.lm_head(main.hidden_states[-1])
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-
     # -- the objectives ---------------------------------------------------------------------------
-    def pair_view(self, batch: dict[str, torch.Tensor], main: PassOutput, clean: PassOutput | None,
+    def pair_view(self, batch: PretrainingBatch, main: PassOutput, clean: PassOutput | None,
                   encoding: str, layer: int) -> PairView:
         """Hidden states of both sides of every bilingual pair, from the joint (TLM) rows of the main
         pass, or from the separately encoded sides (the clean pass when there is one, else the
@@ -274,31 +261,30 @@ class Veco2ForPretraining(nn.Module):
         valid tokens and the spans (:func:`veco2.objectives.drop_masked_positions`)."""
         specials = self.objectives_config.seq.pool_special_tokens
         if encoding == "joint":
-            hidden = self._rows(main.hidden_states[layer], batch, "pair")
-            src_pool, tgt_pool = ((batch["joint_src_pool"], batch["joint_tgt_pool"]) if specials
-                                  else (batch["joint_src_mask"], batch["joint_tgt_mask"]))
-            view = PairView(hidden, src_pool, hidden, tgt_pool, batch["joint_src_mask"], batch["joint_tgt_mask"],
-                            batch["joint_spans"], *[self._rows(self._unmasked_ids(batch), batch, "pair")] * 2)
-            chosen = self._rows(batch["labels"], batch, "pair") != IGNORE_INDEX
+            hidden = batch.tlm_rows(main.hidden_states[layer])
+            src_pool, tgt_pool = ((batch.joint_src_pool, batch.joint_tgt_pool) if specials
+                                  else (batch.joint_src_mask, batch.joint_tgt_mask))
+            view = PairView(hidden, src_pool, hidden, tgt_pool, batch.joint_src_mask, batch.joint_tgt_mask,
+                            batch.joint_spans, *[batch.tlm_rows(self._unmasked_ids(batch))] * 2)
+            chosen = batch.tlm_rows(batch.labels) != IGNORE_INDEX
             return self._without_masked(view, chosen, chosen)
         source = clean or main
         hidden = source.hidden_states[layer]
-        ids = batch["clean_input_ids"] if clean is not None else self._unmasked_ids(batch)
-        src_valid, tgt_valid = batch["side_src_valid"], batch["side_tgt_valid"]
-        src_pool, tgt_pool = ((batch["side_src_mask"], batch["side_tgt_mask"]) if specials else (src_valid, tgt_valid))
-        view = PairView(self._rows(hidden, batch, "side_src"), src_pool, self._rows(hidden, batch, "side_tgt"),
-                        tgt_pool, src_valid, tgt_valid, batch["side_spans"],
-                        self._rows(ids, batch, "side_src"), self._rows(ids, batch, "side_tgt"))
+        ids = batch.clean_input_ids if clean is not None else self._unmasked_ids(batch)
+        src_valid, tgt_valid = batch.side_src_valid, batch.side_tgt_valid
+        src_pool, tgt_pool = ((batch.side_src_mask, batch.side_tgt_mask) if specials else (src_valid, tgt_valid))
+        view = PairView(batch.src_sides(hidden), src_pool, batch.tgt_sides(hidden), tgt_pool, src_valid, tgt_valid,
+                        batch.side_spans, batch.src_sides(ids), batch.tgt_sides(ids))
         if clean is not None:
             return view
-        labels = batch["labels"]  # mlm.bilingual=separate: the sides of the masked main pass
-        return self._without_masked(view, self._rows(labels, batch, "side_src") != IGNORE_INDEX,
-                                    self._rows(labels, batch, "side_tgt") != IGNORE_INDEX)
+        labels = batch.labels  # mlm.bilingual=separate: the sides of the masked main pass
+        return self._without_masked(view, batch.src_sides(labels) != IGNORE_INDEX,
+                                    batch.tgt_sides(labels) != IGNORE_INDEX)
 
     @staticmethod
-    def _unmasked_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _unmasked_ids(batch: PretrainingBatch) -> torch.Tensor:
         """The main pass's token ids before masking (the labels hold the originals where masked)."""
-        return torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"])
+        return torch.where(batch.labels != IGNORE_INDEX, batch.labels, batch.input_ids)
 
     @staticmethod
     def _without_masked(view: PairView, src_chosen: torch.Tensor, tgt_chosen: torch.Tensor) -> PairView:
@@ -307,44 +293,28 @@ class Veco2ForPretraining(nn.Module):
         return PairView(view.src, view.src_mask.bool() & ~src_chosen, view.tgt, view.tgt_mask.bool() & ~tgt_chosen,
                         src_valid, tgt_valid, spans, view.src_ids, view.tgt_ids)
 
-    @staticmethod
-    def _rows(hidden: torch.Tensor, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-        """[N, T, H] hidden states of the sequences ``name``: whole rows, or gathered from packed rows."""
-        if f"{name}_index" in batch:
-            return hidden.flatten(0, 1)[batch[f"{name}_index"]]
-        return hidden[batch[f"{name}_rows"]]
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        main = self.encode(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
-                           position_ids=batch.get("position_ids"), side_ids=batch.get("side_ids"))
-        losses = {"mlm": self.mlm_loss(main, batch["labels"])}
-        if self.seq is None and self.tok is None:
-            return losses
-        clean = (self.encode(batch["clean_input_ids"], batch["clean_attention_mask"],
-                             segment_ids=batch.get("clean_segment_ids"), position_ids=batch.get("clean_position_ids"),
-                             depth=self.clean_depth)
-                 if "clean_input_ids" in batch else None)
-        if self.seq is not None:
-            view = self.pair_view(batch, main, clean, self.seq.encoding, self.seq.layer)
-            keys = self.momentum_keys(batch) if self.momentum_encoder is not None else {}
-            losses["seq"] = self.seq(view.src, view.src_mask, view.tgt, view.tgt_mask, **keys)
-        if self.tok is not None:
-            view = self.pair_view(batch, main, clean, self.objectives_config.tok.encoding, self.tok.layer)
-            losses["tok"] = self.tok(view.src, view.src_valid, view.tgt, view.tgt_valid, view.spans,
-                                     src_ids=view.src_ids, tgt_ids=view.tgt_ids)
-        return losses
+    def forward(self, batch: PretrainingBatch) -> dict[str, torch.Tensor]:
+        """Each enabled objective's term of ``batch``, by name, in registry order."""
+        main = self.encode(batch.input_ids, batch.attention_mask, segment_ids=batch.segment_ids,
+                           position_ids=batch.position_ids, side_ids=batch.side_ids)
+        clean = (self.encode(batch.clean_input_ids, batch.clean_attention_mask, segment_ids=batch.clean_segment_ids,
+                             position_ids=batch.clean_position_ids, depth=self.clean_depth)
+                 if batch.clean_input_ids is not None else None)
+        encoded = EncodedBatch(batch, main, clean, self)
+        return {name: getattr(self, name).batch_loss(encoded) for name in self.objective_names}
 
     @torch.no_grad()
-    def momentum_keys(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def momentum_keys(self, batch: PretrainingBatch) -> dict[str, torch.Tensor]:
         """Keys of the InfoXLM-style queue: the clean sides encoded by the momentum encoder."""
-        keys = self.encode(batch["clean_input_ids"], batch["clean_attention_mask"], self.momentum_encoder,
-                           segment_ids=batch.get("clean_segment_ids"), position_ids=batch.get("clean_position_ids"),
+        keys = self.encode(batch.clean_input_ids, batch.clean_attention_mask, self.momentum_encoder,
+                           segment_ids=batch.clean_segment_ids, position_ids=batch.clean_position_ids,
                            depth=self.seq.layer)
         hidden = keys.hidden_states[self.seq.layer]
         specials = self.objectives_config.seq.pool_special_tokens
-        src_mask, tgt_mask = (("side_src_mask", "side_tgt_mask") if specials else ("side_src_valid", "side_tgt_valid"))
-        return {"src_keys": self.momentum_seq.embed(self._rows(hidden, batch, "side_src"), batch[src_mask]),
-                "tgt_keys": self.momentum_seq.embed(self._rows(hidden, batch, "side_tgt"), batch[tgt_mask])}
+        src_mask, tgt_mask = ((batch.side_src_mask, batch.side_tgt_mask) if specials
+                              else (batch.side_src_valid, batch.side_tgt_valid))
+        return {"src_keys": self.momentum_seq.embed(batch.src_sides(hidden), src_mask),
+                "tgt_keys": self.momentum_seq.embed(batch.tgt_sides(hidden), tgt_mask)}
 
     @torch.no_grad()
     def update_momentum(self, momentum: float) -> None:

@@ -1,9 +1,17 @@
 """Pre-training objectives for VECO 2.0-style cross-lingual encoders.
 
 One class per objective, in the style of sentence-transformers' ``losses/``: each is an
-``nn.Module`` whose ``forward`` takes hidden states (and masks / labels) and returns a scalar
-loss.  The encoder itself lives elsewhere; the trainer runs it, picks the hidden layer named by
-each objective's ``layer`` attribute and passes those hidden states in.
+:class:`Objective` (an ``nn.Module``) whose ``forward`` takes hidden states (and masks / labels)
+and returns a scalar loss.  **An objective is its class**: :data:`OBJECTIVES` maps each name to
+its class, and the class is built from its config section (``objectives.NAME`` in a run config,
+a dataclass of ``veco2.config``) by :meth:`Objective.from_config`; the section's dataclass holds
+every option and its default.  The encoder itself lives elsewhere: ``veco2.model`` runs the
+encoder passes a batch needs and hands them to each objective's :meth:`Objective.batch_loss`.
+
+Adding an objective: subclass :class:`Objective`, write a config dataclass with a float
+``weight`` (0 switches it off), and call :func:`register_objective`; its section is then
+``objectives.NAME`` in YAML files and overrides, its term is logged as ``loss_NAME`` and weighted
+into the total (see ``docs/architecture.md``).
 
 Objectives (the total is ``L = L_mlm + λ_seq·L_seq + λ_tok·L_tok``, see :func:`combine_losses`):
 
@@ -29,12 +37,25 @@ methods, and every unpublished choice is a named option with a documented defaul
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from .config import (BUILTIN_OBJECTIVES, MaskedLMConfig, ObjectivesConfig, SequenceContrastiveConfig,
+                     TokenContrastiveConfig, add_objective_section, remove_objective_section)
+from .errors import Veco2Error
+
+if TYPE_CHECKING:
+    from .model import EncodedBatch
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value of positions that are not predicted (PyTorch's CE default)
 
@@ -74,6 +95,101 @@ def _projection_head(hidden_size: int | None, projection: int | None, kind: str)
     return nn.Sequential(
         nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, projection)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 0. The objective interface and the registry
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What building an objective may need beyond its own config section.
+
+    ``hidden_size`` / ``num_layers``: the encoder's; ``retrieval_layer``: the hidden layer the
+    retrieval evaluation reads (``evaluation.retrieval_layer``, else 2/3 of the depth);
+    ``objectives``: the whole ``objectives`` config (for options that depend on another term's,
+    e.g. the sequence term's warning about TLM rows).
+    """
+
+    hidden_size: int
+    num_layers: int
+    retrieval_layer: int
+    objectives: ObjectivesConfig
+
+    def layer_index(self, key: str, layer: int) -> int:
+        """A hidden-state index ``layer`` (``-L-1 .. L``) as ``0 .. L``; a Veco2Error naming
+        ``objectives.KEY`` otherwise."""
+        layers = self.num_layers
+        if not -layers - 1 <= layer <= layers:
+            raise Veco2Error(f"objectives.{key}={layer}: the encoder has hidden states 0 .. {layers} "
+                             f"(or {-layers - 1} .. -1)")
+        return layer % (layers + 1)
+
+
+class Objective(nn.Module):
+    """Base class of a pre-training objective: one loss term ``L_NAME`` of the total.
+
+    A subclass implements ``forward`` (the loss from tensors, testable on its own) and
+    :meth:`batch_loss` (which tensors of an encoded batch it reads); it may override
+    :meth:`from_config` (the default calls ``cls(config)``), :meth:`check` (config checks run even
+    when the term is off), :meth:`enabled` (default: ``weight > 0``) and :attr:`clean_layer`.
+    """
+
+    @classmethod
+    def enabled(cls, config: Any) -> bool:
+        """Whether the model builds and computes this term (weight 0: switched off)."""
+        return config.weight > 0
+
+    @classmethod
+    def check(cls, config: Any, context: ObjectiveContext) -> None:
+        """Checks of ``config`` against the encoder, run whether or not the term is on."""
+
+    @classmethod
+    def from_config(cls, config: Any, context: ObjectiveContext) -> "Objective":
+        return cls(config)
+
+    @property
+    def clean_layer(self) -> int | None:
+        """The deepest hidden state (0 .. L) this term reads from the clean pass; None: none."""
+        return None
+
+    def batch_loss(self, encoded: "EncodedBatch") -> torch.Tensor:
+        """The loss term of one encoded batch (``veco2.model.EncodedBatch``: the batch, its
+        encoder passes and the model)."""
+        raise NotImplementedError
+
+
+#: Every objective by name, in the order the terms are computed, logged and summed.
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str, cls: type[Objective], config_cls: type) -> None:
+    """Register the objective ``cls`` as ``name``, configured by the dataclass ``config_cls``.
+
+    ``config_cls`` needs a float ``weight`` field (the term's λ; 0 switches it off) and defaults
+    for every field.  Its section is ``objectives.NAME`` in every config loaded from now on
+    (YAML files and ``objectives.NAME.key=value`` overrides), the model builds
+    ``cls.from_config(section, context)`` when the term is enabled, and the trainer logs the term
+    as ``loss_NAME`` and adds ``weight · L_NAME`` to the total.  Registering a name twice is an
+    error unless it is the same class and config.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise Veco2Error(f"objective {name!r}: {cls!r} is not a subclass of veco2.objectives.Objective")
+    known = OBJECTIVES.get(name)
+    if known is not None and (known is not cls or getattr(known, "config_class", None) is not config_cls):
+        raise Veco2Error(f"objective {name!r} is already registered ({known.__module__}.{known.__qualname__})")
+    add_objective_section(name, config_cls)
+    cls.config_class = config_cls
+    OBJECTIVES[name] = cls
+
+
+def unregister_objective(name: str) -> None:
+    """Remove a registered objective (not a built-in one) and its config section."""
+    if name in BUILTIN_OBJECTIVES:
+        raise Veco2Error(f"objective {name!r} is built in and cannot be unregistered")
+    OBJECTIVES.pop(name, None)
+    remove_objective_section(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,11 +278,11 @@ def mask_tokens(
     return masked, labels
 
 
-class MaskedLM(nn.Module):
+class MaskedLM(Objective):
     """Masked language modelling with a sparse prediction head.
 
     Inputs of ``forward``:
-        hidden: ``[B, T, H]`` hidden states of the layer named by ``layer`` (normally the last).
+        hidden: ``[B, T, H]`` hidden states of the main pass's last layer.
         labels: ``[B, T]`` from :func:`mask_tokens`: target id at masked positions, -100 elsewhere.
         head: the LM head, any module mapping ``[M, H] -> [M, V]`` (dense + norm + decoder).
 
@@ -178,45 +294,30 @@ class MaskedLM(nn.Module):
     float32 when the head runs in bf16/fp16.  With no masked token the loss is an exact 0 that
     still depends on ``hidden`` and the head's parameters (so DDP sees every parameter used).
 
-    Options (defaults):
-        mode="mlm": ``"mlm"`` (monolingual text) or ``"tlm"`` (translation LM, XLM arXiv
-            1901.07291: the two sides of a parallel pair concatenated into one sequence and
-            masked together, so a masked word can be recovered from its translation).  The mode
-            only changes what the collator feeds in; the loss is the same.
-        rate=0.15, mask_prob=0.8, random_prob=0.1: BERT's masking, used by :meth:`mask`.
-        layer=-1: which hidden layer the trainer passes (-1 = last); read by the trainer.
+    Options: ``config`` (``veco2.config.MaskedLMConfig``, section ``objectives.mlm``).  Its
+    masking options (``rate``, ``mask_prob``, ``random_prob``) and layout options (``bilingual``:
+    ``"tlm"``, translation LM, XLM arXiv 1901.07291, the two sides of a parallel pair
+    concatenated into one sequence and masked together, or ``"separate"``; ``tlm_*``) are read by
+    the collator (``veco2.data.batching``, :func:`mask_tokens`) and the encoder pass; the loss is
+    the same either way.  The term is always computed (and logged), also with weight 0.
 
     References: BERT (arXiv 1810.04805), XLM (arXiv 1901.07291), XLM-R (arXiv 1911.02116).
     """
 
-    def __init__(
-        self,
-        mode: str = "mlm",
-        rate: float = 0.15,
-        mask_prob: float = 0.8,
-        random_prob: float = 0.1,
-        layer: int = -1,
-    ):
+    def __init__(self, config: MaskedLMConfig | None = None):
         super().__init__()
-        _check_choice("mode", mode, {"mlm", "tlm"})
-        self.mode = mode
-        self.rate = rate
-        self.mask_prob = mask_prob
-        self.random_prob = random_prob
-        self.layer = layer
+        self.config = config or MaskedLMConfig()
 
-    def mask(self, input_ids, special_tokens_mask, *, mask_token_id, vocab_size, generator=None):
-        """:func:`mask_tokens` with this objective's rate / mask_prob / random_prob."""
-        return mask_tokens(
-            input_ids,
-            special_tokens_mask,
-            mask_token_id=mask_token_id,
-            vocab_size=vocab_size,
-            rate=self.rate,
-            mask_prob=self.mask_prob,
-            random_prob=self.random_prob,
-            generator=generator,
-        )
+    @classmethod
+    def enabled(cls, config: MaskedLMConfig) -> bool:
+        return True
+
+    @classmethod
+    def check(cls, config: MaskedLMConfig, context: ObjectiveContext) -> None:
+        cross = config.tlm_cross_layers
+        if cross is not None and cross > context.num_layers:
+            raise Veco2Error(f"objectives.mlm.tlm_cross_layers={cross}: the encoder has only "
+                             f"{context.num_layers} layers")
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> torch.Tensor:
         is_masked = labels != IGNORE_INDEX
@@ -224,6 +325,15 @@ class MaskedLM(nn.Module):
         if logits.shape[0] == 0:
             return _zero_with_graph(logits)
         return F.cross_entropy(_at_least_fp32(logits), labels[is_masked])
+
+    def batch_loss(self, encoded: "EncodedBatch") -> torch.Tensor:
+        hidden, labels = encoded.main.hidden_states[-1], encoded.batch.labels
+        head = encoded.model.encoder.lm_head
+        if encoded.model.sparse_mlm_head:
+            return self(hidden, labels, head)
+        # The plain way (kept for benchmarks): logits over the whole vocabulary at every position.
+        logits = head(hidden)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +412,7 @@ def momentum_update(online: nn.Module, momentum_model: nn.Module, m: float) -> N
         buf.copy_(online_buffers[name])
 
 
-class SequenceContrastive(nn.Module):
+class SequenceContrastive(Objective):
     """InfoNCE between the two sides of N parallel pairs (sequence-level alignment).
 
     Inputs of ``forward``:
@@ -329,7 +439,7 @@ class SequenceContrastive(nn.Module):
                     (gathered from all processes) *after* computing the loss, unless
                     ``enqueue_in_forward=False`` (then call :meth:`enqueue`).  The queue and its
                     pointer are buffers, so they are saved in ``state_dict`` and checkpoints.
-                    The momentum encoder is the trainer's: a deep copy of the encoder (and of
+                    The momentum encoder is the model's: a deep copy of the encoder (and of
                     this module, for the projection) updated with :func:`momentum_update`.
                     InfoXLM's XLCo: K = 131,072, momentum 0.9999 (``seq.momentum``), dot
                     product (``similarity="dot"``).  Where this class may depart from it: cosine
@@ -338,34 +448,38 @@ class SequenceContrastive(nn.Module):
     :meth:`negatives_per_anchor` gives the number of negatives each anchor sees (logged by the
     trainer at the start of training).
 
-    Options (defaults):
-        hidden_size=None: H; needed for ``projection`` and for ``negatives="queue"``.
+    Options: ``config`` (``veco2.config.SequenceContrastiveConfig``, section ``objectives.seq``:
+    the one place of every option's default), and keyword options of the same names that replace
+    its fields, e.g. ``SequenceContrastive(temperature=0.3)``:
         pooling="mean": "mean" over the masked-in tokens (XTREME retrieval's pooling over every
             non-pad token, ``<s>`` and ``</s>`` included, when the trainer's masks include them:
-            ``seq.pool_special_tokens``) or "cls" (first token, InfoXLM).  Reconstruction.
-        layer=-1: hidden layer the trainer passes; the trainer's default is the retrieval layer
-            (2/3 of the depth, ``veco2.xtreme.evaluate.default_layer``), so the loss shapes the
-            layer that retrieval reads (InfoXLM XLCo used layer 8 of 12).
+            ``pool_special_tokens``) or "cls" (first token, InfoXLM).  Reconstruction.
+        layer=None: hidden layer the model passes; None is the retrieval layer (2/3 of the
+            depth, ``veco2.xtreme.evaluate.default_layer``), resolved by :meth:`from_config` to
+            an index 0 .. L, so the loss shapes the layer that retrieval reads (InfoXLM XLCo used
+            layer 8 of 12).
         similarity="cosine": "cosine" (normalised vectors) or "dot" (InfoXLM).
         projection=None: None (contrast the pooled hidden states themselves) or an output dim
-            d; projection_kind="linear_tanh" (tanh(W h + b)) or "mlp" (Linear H→H, ReLU,
-            Linear H→d).
+            d, with the class option ``projection_kind="linear_tanh"`` (tanh(W h + b)) or "mlp"
+            (Linear H→H, ReLU, Linear H→d).
         temperature=0.05: τ_seq.  Reconstruction: 0.05 is the common choice for in-batch
             InfoNCE on cosine similarities (SimCSE; sentence-transformers'
             MultipleNegativesRankingLoss scale 20).  InfoXLM used τ = 0.25 with its queue.
         symmetric=True: average the x→y and y→x directions.
-        negatives="in_batch": "in_batch" | "gather" | "queue" (above).  The trainer's default is
-            "gather" (every process's pairs, as a global batch would have).
+        negatives="gather": "in_batch" | "gather" | "queue" (above); "gather" is "in_batch" in a
+            single process.
         queue_size=131072: K for "queue" (InfoXLM's value; small demos use a few hundred).
         encoding="separate": "separate" (each side encoded on its own and unmasked, ``<s> x
-            </s>``, as retrieval encodes it; the trainer's default, InfoXLM's XLCo) or "joint"
-            (both sides' hidden states come from the masked TLM pass over the concatenated
-            pair; the trainer's masks then leave out the positions chosen for MLM, so no
-            ``<mask>`` or corrupted token enters a sentence vector).  Read by the trainer; this
-            class only sees src/tgt hidden states and masks either way.  With "joint" pooled
-            where the sides attend to each other, the task has a shortcut; late fusion
+            </s>``, as retrieval encodes it; InfoXLM's XLCo) or "joint" (both sides' hidden
+            states come from the masked TLM pass over the concatenated pair; the model's masks
+            then leave out the positions chosen for MLM, so no ``<mask>`` or corrupted token
+            enters a sentence vector).  Read by :meth:`batch_loss`; ``forward`` only sees
+            src/tgt hidden states and masks either way.  With "joint" pooled where the sides
+            attend to each other, the task has a shortcut; late fusion
             (``mlm.tlm_cross_layers``) keeps the sides apart below the top layers, and pooling
             there costs no extra pass.  Reconstruction, all are offered.
+    Class-only options: ``hidden_size`` (H; needed for ``projection`` and for
+    ``negatives="queue"``), ``projection_kind`` and ``enqueue_in_forward`` (above).
 
     :meth:`embed` gives the pooled, projected, L2-normalised vectors (for retrieval).
 
@@ -376,45 +490,73 @@ class SequenceContrastive(nn.Module):
     def __init__(
         self,
         hidden_size: int | None = None,
+        config: SequenceContrastiveConfig | None = None,
         *,
-        pooling: str = "mean",
-        layer: int = -1,
-        projection: int | None = None,
         projection_kind: str = "linear_tanh",
-        temperature: float = 0.05,
-        symmetric: bool = True,
-        negatives: str = "in_batch",
-        queue_size: int = 131072,
-        encoding: str = "separate",
         enqueue_in_forward: bool = True,
-        similarity: str = "cosine",
+        **options: Any,
     ):
         super().__init__()
-        _check_choice("pooling", pooling, {"mean", "cls"})
-        _check_choice("similarity", similarity, {"cosine", "dot"})
-        _check_choice("negatives", negatives, {"in_batch", "gather", "queue"})
-        _check_choice("encoding", encoding, {"separate", "joint"})
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.pooling = pooling
-        self.layer = layer
-        self.temperature = temperature
-        self.symmetric = symmetric
-        self.negatives = negatives
-        self.encoding = encoding
+        config = dataclasses.replace(config or SequenceContrastiveConfig(), **options)
+        _check_choice("pooling", config.pooling, {"mean", "cls"})
+        _check_choice("similarity", config.similarity, {"cosine", "dot"})
+        _check_choice("negatives", config.negatives, {"in_batch", "gather", "queue"})
+        _check_choice("encoding", config.encoding, {"separate", "joint"})
+        if config.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {config.temperature}")
+        self.config = config
+        self.pooling = config.pooling
+        self.layer = config.layer
+        self.temperature = config.temperature
+        self.symmetric = config.symmetric
+        self.negatives = config.negatives
+        self.encoding = config.encoding
         self.enqueue_in_forward = enqueue_in_forward
-        self.similarity = similarity
-        self.queue_size = queue_size
+        self.similarity = config.similarity
+        self.queue_size = config.queue_size
+        projection = config.projection
         self.projection = _projection_head(hidden_size, projection, projection_kind)
-        if negatives == "queue":
+        if self.negatives == "queue":
             dim = projection if projection is not None else hidden_size
             if dim is None:
                 raise ValueError('negatives="queue" needs hidden_size (the queue is [K, D])')
-            if queue_size < 1:
-                raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-            self.register_buffer("queue", torch.zeros(queue_size, dim))
+            if self.queue_size < 1:
+                raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+            self.register_buffer("queue", torch.zeros(self.queue_size, dim))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next write slot
             self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # valid slots
+
+    @staticmethod
+    def _layer(config: SequenceContrastiveConfig, context: ObjectiveContext) -> int:
+        layer = config.layer if config.layer is not None else context.retrieval_layer
+        return context.layer_index("seq.layer", layer)
+
+    @classmethod
+    def check(cls, config: SequenceContrastiveConfig, context: ObjectiveContext) -> None:
+        cls._layer(config, context)
+
+    @classmethod
+    def from_config(cls, config: SequenceContrastiveConfig, context: ObjectiveContext) -> "SequenceContrastive":
+        layer, mlm = cls._layer(config, context), context.objectives.mlm
+        if config.encoding == "joint" and mlm.bilingual == "tlm":
+            layers, cross = context.num_layers, mlm.tlm_cross_layers
+            apart = layers - (layers if cross is None else cross)  # last hidden state with the sides apart
+            if layer > apart:
+                log.warning("objectives.seq.layer=%d pools hidden states in which the two sides of a TLM row "
+                            "attend to each other (apart up to %d with tlm_cross_layers=%s): the sequence loss "
+                            "can match them through each other", layer, apart, cross)
+        return cls(context.hidden_size, dataclasses.replace(config, layer=layer))
+
+    @property
+    def clean_layer(self) -> int | None:
+        # The momentum encoder (negatives="queue") encodes the clean sides too.
+        return self.layer if self.encoding == "separate" or self.negatives == "queue" else None
+
+    def batch_loss(self, encoded: "EncodedBatch") -> torch.Tensor:
+        model = encoded.model
+        view = model.pair_view(encoded.batch, encoded.main, encoded.clean, self.encoding, self.layer)
+        keys = model.momentum_keys(encoded.batch) if model.momentum_encoder is not None else {}
+        return self(view.src, view.src_mask, view.tgt, view.tgt_mask, **keys)
 
     def embed(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[N, T, H]`` hidden states -> ``[N, D]`` pooled, projected vectors (L2-normalised with
@@ -511,7 +653,7 @@ class SequenceContrastive(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class TokenContrastive(nn.Module):
+class TokenContrastive(Objective):
     """InfoNCE between dictionary-matched words of a bilingual instance (token-level alignment).
 
     Inputs of ``forward``:
@@ -555,18 +697,23 @@ class TokenContrastive(nn.Module):
     word is left out too: an unmatched copy of the positive word is the same word, not a
     negative (a false negative otherwise).
 
-    Options (defaults):
-        hidden_size=None: H, needed only with a projection.
-        pooling="mean": word vector = mean of its subword vectors, or "first" subword.
+    Options: ``config`` (``veco2.config.TokenContrastiveConfig``, section ``objectives.tok``:
+    the one place of every option's default), and keyword options of the same names that replace
+    its fields, e.g. ``TokenContrastive(temperature=0.2)``:
+        subword_pooling="mean": word vector = mean of its subword vectors, or "first" subword.
         negatives="other_side": "other_side" | "both_sides" (above).
         exclude_other_matched=False: above.
-        exclude_copies=False: above (the trainer's default is True, ``tok.exclude_copies``).
+        exclude_copies=True: above.
         temperature=0.1: τ_tok (reconstruction; between SimCSE's 0.05 and InfoXLM's 0.25,
             since the negatives are few and from the same sentence).
         symmetric=True: average both directions.
-        layer=-1: hidden layer the trainer passes.
-        projection=None, projection_kind="linear_tanh": as in :class:`SequenceContrastive`;
+        layer=-1: hidden layer the model passes (:meth:`from_config` resolves it to 0 .. L).
+        projection=None: as in :class:`SequenceContrastive` (class option ``projection_kind``);
             the projection is applied to every token before subword pooling.
+        encoding="separate": which pass :meth:`batch_loss` reads: "separate" (the clean,
+            separately encoded sides) or "joint" (the instance's TLM row in the masked main pass,
+            positions chosen for MLM left out, above).
+    Class-only option: ``hidden_size`` (H, needed only with a projection).
 
     Cost: pairs are laid out per instance (``[B, K, ·]`` with K = most pairs in one instance),
     and the similarities come from one batched matmul ``[B, K, D] × [B, D, T]``, so the loss
@@ -580,30 +727,46 @@ class TokenContrastive(nn.Module):
     def __init__(
         self,
         hidden_size: int | None = None,
+        config: TokenContrastiveConfig | None = None,
         *,
-        pooling: str = "mean",
-        negatives: str = "other_side",
-        exclude_other_matched: bool = False,
-        temperature: float = 0.1,
-        symmetric: bool = True,
-        layer: int = -1,
-        projection: int | None = None,
         projection_kind: str = "linear_tanh",
-        exclude_copies: bool = False,
+        **options: Any,
     ):
         super().__init__()
-        _check_choice("pooling", pooling, {"mean", "first"})
-        _check_choice("negatives", negatives, {"other_side", "both_sides"})
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.pooling = pooling
-        self.negatives = negatives
-        self.exclude_other_matched = exclude_other_matched
-        self.exclude_copies = exclude_copies
-        self.temperature = temperature
-        self.symmetric = symmetric
-        self.layer = layer
-        self.projection = _projection_head(hidden_size, projection, projection_kind)
+        config = dataclasses.replace(config or TokenContrastiveConfig(), **options)
+        _check_choice("subword_pooling", config.subword_pooling, {"mean", "first"})
+        _check_choice("negatives", config.negatives, {"other_side", "both_sides"})
+        _check_choice("encoding", config.encoding, {"separate", "joint"})
+        if config.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {config.temperature}")
+        self.config = config
+        self.pooling = config.subword_pooling
+        self.negatives = config.negatives
+        self.exclude_other_matched = config.exclude_other_matched
+        self.exclude_copies = config.exclude_copies
+        self.temperature = config.temperature
+        self.symmetric = config.symmetric
+        self.layer = config.layer
+        self.encoding = config.encoding
+        self.projection = _projection_head(hidden_size, config.projection, projection_kind)
+
+    @classmethod
+    def check(cls, config: TokenContrastiveConfig, context: ObjectiveContext) -> None:
+        context.layer_index("tok.layer", config.layer)
+
+    @classmethod
+    def from_config(cls, config: TokenContrastiveConfig, context: ObjectiveContext) -> "TokenContrastive":
+        layer = context.layer_index("tok.layer", config.layer)
+        return cls(context.hidden_size, dataclasses.replace(config, layer=layer))
+
+    @property
+    def clean_layer(self) -> int | None:
+        return self.layer if self.encoding == "separate" else None
+
+    def batch_loss(self, encoded: "EncodedBatch") -> torch.Tensor:
+        view = encoded.model.pair_view(encoded.batch, encoded.main, encoded.clean, self.encoding, self.layer)
+        return self(view.src, view.src_valid, view.tgt, view.tgt_valid, view.spans,
+                    src_ids=view.src_ids, tgt_ids=view.tgt_ids)
 
     @staticmethod
     def _check_spans(spans: torch.Tensor, batch: int, src_len: int, tgt_len: int) -> None:
@@ -806,3 +969,8 @@ def combine_losses(
     values = {name: float(term.detach()) for name, term in terms.items()}
     values["total"] = float(total.detach())
     return total, values
+
+
+register_objective("mlm", MaskedLM, MaskedLMConfig)
+register_objective("seq", SequenceContrastive, SequenceContrastiveConfig)
+register_objective("tok", TokenContrastive, TokenContrastiveConfig)

@@ -44,7 +44,8 @@ from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
 from .errors import Veco2Error
 from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, write_json, write_text
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
-from .objectives import combine_losses
+from .objectives import IGNORE_INDEX, combine_losses
+from .pretrained import hub_origin, resolve_pretrained
 from .provenance import config_hash, provenance
 from .xtreme.evaluate import default_layer
 
@@ -245,7 +246,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                               t.batch_size, cfg.data.bilingual_ratio, t.seed, cfg.data.bucket_by_length,
                               cfg.data.bucket_window, rank=accelerator.process_index, world=accelerator.num_processes)
         negatives = log_contrastive_negatives(core, sampler.n_bi, accelerator.num_processes)
-        weights = {"mlm": cfg.objectives.mlm.weight, "seq": cfg.objectives.seq.weight, "tok": cfg.objectives.tok.weight}
+        weights = cfg.objectives.weights()
         if t.tensorboard:
             accelerator.init_trackers("pretrain", config={"name": cfg.name})
         peak = t.peak_flops
@@ -279,10 +280,10 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                 batch = next(batches)
                 lengths = sequence_lengths(batch).double()
                 window["span_x_tokens"] += float((lengths ** 2).sum())  # attention FLOPs: Σ n² over sequences
-                batch = {k: v.to(accelerator.device, non_blocking=on_gpu) for k, v in batch.items()}
-                step_tokens += int(batch["attention_mask"].sum())
-                window["positions"] += batch["attention_mask"].numel()
-                window["masked"] += int((batch["labels"] != -100).sum())
+                batch = batch.to(accelerator.device, non_blocking=on_gpu)
+                step_tokens += int(batch.attention_mask.sum())
+                window["positions"] += batch.attention_mask.numel()
+                window["masked"] += int((batch.labels != IGNORE_INDEX).sum())
                 sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     losses = forward(batch)
@@ -396,9 +397,20 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state:
         "sequence_negatives": negatives,
         "retrieval": {"layer": layer, "pooling": cfg.evaluation.retrieval_pooling, "accuracy": retrieval},
         "shards": {"languages": shards.manifest["languages"], "mono": shards.num_mono, "bilingual": shards.num_bi},
+        "init_from": _init_origin(cfg.model.init_from),
         "config": cfg.to_dict(),
         "provenance": provenance(cfg.to_dict()),
     }
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "DONE", f"{summary['provenance']['git_commit']}\n")
     return summary
+
+
+def _init_origin(init_from: str | None) -> dict | None:
+    """Which weights pre-training started from: the directory read and, for a hub model, its name and
+    commit (a hub name alone does not pin the weights)."""
+    if not init_from:
+        return None
+    source = resolve_pretrained(init_from)
+    origin = hub_origin(source) or {"name": None, "revision": None}
+    return {"path": str(source), **origin}

@@ -7,7 +7,9 @@ with monolingual ones, from two independent streams (a fresh seeded permutation 
 ``bucket_by_length`` the instances of ``bucket_window`` consecutive global batches are sorted by
 length and cut into batches of similar length (whose order is then shuffled), to cut padding.
 
-The collator (:func:`collate`) builds the tensors :class:`veco2.model.Veco2ForPretraining` reads:
+The collator (:func:`collate`) builds a :class:`PretrainingBatch`, the tensors
+:class:`veco2.model.Veco2ForPretraining` reads (fields by name; those a batch does not need are
+None, and which are set follows from the config alone):
 
 ================================  ===========================================================
 ``input_ids, attention_mask``     the *main* pass: monolingual rows, then bilingual rows
@@ -56,6 +58,7 @@ Positions past a sequence's end point at its first token; every mask is 0 there.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +82,73 @@ class SpecialTokens:
         return cls(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
                    tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
                    tokenizer.pad_token_id, tokenizer.mask_token_id, len(tokenizer))
+
+
+@dataclass
+class PretrainingBatch:
+    """The tensors of one pre-training micro-batch (the tables above); None where not needed.
+
+    A dataclass of tensors: it pickles (``DataLoader`` workers), :meth:`to` moves it to a device
+    and :meth:`pin_memory` serves torch's pin-memory thread, which calls it on objects that have
+    one.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    segment_ids: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    side_ids: torch.Tensor | None = None
+    pair_rows: torch.Tensor | None = None
+    pair_index: torch.Tensor | None = None
+    joint_src_mask: torch.Tensor | None = None
+    joint_tgt_mask: torch.Tensor | None = None
+    joint_src_pool: torch.Tensor | None = None
+    joint_tgt_pool: torch.Tensor | None = None
+    joint_spans: torch.Tensor | None = None
+    clean_input_ids: torch.Tensor | None = None
+    clean_attention_mask: torch.Tensor | None = None
+    clean_segment_ids: torch.Tensor | None = None
+    clean_position_ids: torch.Tensor | None = None
+    side_src_rows: torch.Tensor | None = None
+    side_tgt_rows: torch.Tensor | None = None
+    side_src_index: torch.Tensor | None = None
+    side_tgt_index: torch.Tensor | None = None
+    side_src_mask: torch.Tensor | None = None
+    side_tgt_mask: torch.Tensor | None = None
+    side_src_valid: torch.Tensor | None = None
+    side_tgt_valid: torch.Tensor | None = None
+    side_spans: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that are set, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def _map(self, fn) -> "PretrainingBatch":
+        return dataclasses.replace(self, **{name: fn(value) for name, value in self.tensors().items()})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PretrainingBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "PretrainingBatch":
+        return self._map(torch.Tensor.pin_memory)
+
+    @staticmethod
+    def _gather(values: torch.Tensor, index: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        return values.flatten(0, 1)[index] if index is not None else values[rows]
+
+    def tlm_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N, T, ...]`` of the main pass's per-position ``values`` (``[R, W, ...]``) at each
+        pair's TLM row: whole rows, or gathered from packed rows."""
+        return self._gather(values, self.pair_index, self.pair_rows)
+
+    def src_sides(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N, T, ...]`` of ``values`` at each pair's separately encoded source side."""
+        return self._gather(values, self.side_src_index, self.side_src_rows)
+
+    def tgt_sides(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N, T, ...]`` of ``values`` at each pair's separately encoded target side."""
+        return self._gather(values, self.side_tgt_index, self.side_tgt_rows)
 
 
 def needs_clean_pass(cfg: Config) -> bool:
@@ -170,7 +240,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(self.end - self.start, 0)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> PretrainingBatch:
         index = self.start + i
         step, micro = divmod(index, self.cfg.training.grad_accum)
         generator = torch.Generator().manual_seed(step_seed(self.cfg.training.seed, step, micro, self.rank, 7))
@@ -178,11 +248,11 @@ class StepBatches(torch.utils.data.Dataset):
         return collate(self.shards, mono_idx, bi_idx, self.cfg, self.special, generator)
 
 
-def sequence_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def sequence_lengths(batch: PretrainingBatch) -> torch.Tensor:
     """Lengths of the main pass's sequences (rows, or the segments of packed rows), for FLOP counts."""
-    if "segment_ids" not in batch:
-        return batch["attention_mask"].sum(1)
-    segments = batch["segment_ids"]
+    if batch.segment_ids is None:
+        return batch.attention_mask.sum(1)
+    segments = batch.segment_ids
     row = torch.arange(segments.shape[0], device=segments.device)[:, None]
     keys = (segments + (segments.shape[1] + 1) * row)[segments > 0]  # one key per (row, segment)
     return torch.unique(keys, return_counts=True)[1]
@@ -300,7 +370,7 @@ def _layout(rows: list[list[int]], pad: int, packing: bool) -> PackedPass:
 
 
 def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray, cfg: Config,
-            special: SpecialTokens, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            special: SpecialTokens, generator: torch.Generator) -> PretrainingBatch:
     """Tensors of one batch; masking draws from ``generator`` (seeded per step by the trainer)."""
     bos, eos, pad = special.bos, special.eos, special.pad
     packing = cfg.data.packing
@@ -321,15 +391,15 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
                                  rate=cfg.objectives.mlm.rate, mask_prob=cfg.objectives.mlm.mask_prob,
                                  random_prob=cfg.objectives.mlm.random_prob, generator=generator,
                                  segment_ids=main.segment_ids)  # at least one masked token per sequence
-    batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+    batch = PretrainingBatch(input_ids=masked, attention_mask=attention_mask, labels=labels)
     if packing:
-        batch["segment_ids"], batch["position_ids"] = main.segment_ids, main.position_ids
+        batch.segment_ids, batch.position_ids = main.segment_ids, main.position_ids
     if tlm and cfg.objectives.mlm.tlm_cross_layers is not None:  # which side of its TLM row a token is on
-        batch["side_ids"] = main.place([[0] * len(row) for row in mono] +
-                                       [[1] * (len(x) + 2) + [2] * (len(y) + 2) for x, y in zip(src, tgt)])
+        batch.side_ids = main.place([[0] * len(row) for row in mono] +
+                                    [[1] * (len(x) + 2) + [2] * (len(y) + 2) for x, y in zip(src, tgt)])
     if tlm and cfg.objectives.mlm.tlm_reset_positions:  # XLM: the target side starts again at position 0
         first = pad + 1  # XLM-R: positions start after padding_idx
-        batch["position_ids"] = main.place(
+        batch.position_ids = main.place(
             [list(range(first, first + len(row))) for row in mono] +
             [list(range(first, first + len(x) + 2)) + list(range(first, first + len(y) + 2)) for x, y in zip(src, tgt)])
     if n == 0 or (cfg.objectives.seq.weight == 0 and cfg.objectives.tok.weight == 0):
@@ -341,19 +411,19 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
         width = max(main.lengths[first_pair:]) if packing else input_ids.shape[1]
         tgt_start = [lx + 3 for lx in src_len]
         if packing:
-            batch["pair_index"] = main.index(range(first_pair, first_pair + n), width)
+            batch.pair_index = main.index(range(first_pair, first_pair + n), width)
         else:
-            batch["pair_rows"] = torch.arange(first_pair, first_pair + n)
-        batch["joint_src_mask"] = _content_mask([1] * n, src_len, width)
-        batch["joint_tgt_mask"] = _content_mask(tgt_start, tgt_len, width)
-        batch["joint_src_pool"] = _content_mask([0] * n, [lx + 2 for lx in src_len], width)
-        batch["joint_tgt_pool"] = _content_mask([lx + 2 for lx in src_len], [ly + 2 for ly in tgt_len], width)
-        batch["joint_spans"] = _spans([p[2] for p in pairs], [1] * n, tgt_start)
+            batch.pair_rows = torch.arange(first_pair, first_pair + n)
+        batch.joint_src_mask = _content_mask([1] * n, src_len, width)
+        batch.joint_tgt_mask = _content_mask(tgt_start, tgt_len, width)
+        batch.joint_src_pool = _content_mask([0] * n, [lx + 2 for lx in src_len], width)
+        batch.joint_tgt_pool = _content_mask([lx + 2 for lx in src_len], [ly + 2 for ly in tgt_len], width)
+        batch.joint_spans = _spans([p[2] for p in pairs], [1] * n, tgt_start)
     if needs_clean_pass(cfg):
         clean = _layout([[bos, *x, eos] for x in src] + [[bos, *y, eos] for y in tgt], pad, packing)
-        batch["clean_input_ids"], batch["clean_attention_mask"] = clean.input_ids, clean.attention_mask
+        batch.clean_input_ids, batch.clean_attention_mask = clean.input_ids, clean.attention_mask
         if packing:
-            batch["clean_segment_ids"], batch["clean_position_ids"] = clean.segment_ids, clean.position_ids
+            batch.clean_segment_ids, batch.clean_position_ids = clean.segment_ids, clean.position_ids
         sides, side_pass = range(2 * n), clean
     elif not tlm:
         sides, side_pass = range(first_pair, first_pair + 2 * n), main
@@ -362,16 +432,16 @@ def collate(shards: PretrainingShards, mono_idx: np.ndarray, bi_idx: np.ndarray,
     src_sides, tgt_sides = list(sides)[:n], list(sides)[n:]
     if packing:
         width = max(side_pass.lengths[i] for i in sides)
-        batch["side_src_index"] = side_pass.index(src_sides, width)
-        batch["side_tgt_index"] = side_pass.index(tgt_sides, width)
-        batch["side_src_mask"] = _content_mask([0] * n, [lx + 2 for lx in src_len], width)
-        batch["side_tgt_mask"] = _content_mask([0] * n, [ly + 2 for ly in tgt_len], width)
+        batch.side_src_index = side_pass.index(src_sides, width)
+        batch.side_tgt_index = side_pass.index(tgt_sides, width)
+        batch.side_src_mask = _content_mask([0] * n, [lx + 2 for lx in src_len], width)
+        batch.side_tgt_mask = _content_mask([0] * n, [ly + 2 for ly in tgt_len], width)
     else:
         side_rows, side_mask = torch.as_tensor(list(sides)), side_pass.attention_mask
         width = side_mask.shape[1]
-        batch["side_src_rows"], batch["side_tgt_rows"] = side_rows[:n], side_rows[n:]
-        batch["side_src_mask"], batch["side_tgt_mask"] = side_mask[side_rows[:n]], side_mask[side_rows[n:]]
-    batch["side_src_valid"] = _content_mask([1] * n, src_len, width)
-    batch["side_tgt_valid"] = _content_mask([1] * n, tgt_len, width)
-    batch["side_spans"] = _spans([p[2] for p in pairs], [1] * n, [1] * n)
+        batch.side_src_rows, batch.side_tgt_rows = side_rows[:n], side_rows[n:]
+        batch.side_src_mask, batch.side_tgt_mask = side_mask[side_rows[:n]], side_mask[side_rows[n:]]
+    batch.side_src_valid = _content_mask([1] * n, src_len, width)
+    batch.side_tgt_valid = _content_mask([1] * n, tgt_len, width)
+    batch.side_spans = _spans([p[2] for p in pairs], [1] * n, [1] * n)
     return batch
