@@ -506,6 +506,34 @@ def test_pretraining_from_a_checkpoint_needs_its_masked_lm_head(tiny_mlm, tmp_pa
     load_checked(AutoModelForMaskedLM, headless)  # the default takes lm_head for a new head: hence ()
 
 
+def test_pretrain_init_from_refuses_what_does_not_fit(tiny_mlm, tmp_path):
+    """The path ``pretrain model.init_from=DIR`` takes (``model.build_encoder``): a headless export, NaN
+    weights and a truncated file are one-line errors naming the file; a fitting checkpoint loads."""
+    import torch
+
+    from veco2.config import ModelConfig
+    from veco2.model import build_encoder
+
+    def build(directory):
+        return build_encoder(ModelConfig(init_from=str(directory), attn_implementation="eager"), 60, 1)
+
+    assert build(tiny_mlm).lm_head.dense.weight.shape == (16, 16)
+    headless = _variant(tiny_mlm, tmp_path / "a", lambda s: {k: v for k, v in s.items() if not k.startswith("lm_head.")})
+    nan = _variant(tiny_mlm, tmp_path / "b", lambda s: {**s, "roberta.encoder.layer.0.output.dense.bias":
+                                                          torch.full((16,), float("nan"))})
+    truncated = tmp_path / "c"
+    shutil.copytree(tiny_mlm, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for directory, message in [(headless, "6 weights of the model are not in this file"),
+                               (nan, "weight roberta.encoder.layer.0.output.dense.bias holds 16 non-finite"),
+                               (truncated, "cannot load the model weights (SafetensorError")]:
+        with pytest.raises(Veco2Error) as err:
+            build(directory)
+        assert str(err.value).startswith(f"{directory / 'model.safetensors'}: ") and message in str(err.value)
+        assert "\n" not in str(err.value)
+
+
 def test_other_models_weights_are_an_error_naming_the_file_and_tensors(tiny_mlm, tmp_path):
     from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2Model
 
