@@ -383,7 +383,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")
 
 
-def _merge(obj: Any, updates: dict, source: str, prefix: str = "", lines: dict[str, int] | None = None,
+def merge_into(obj: Any, updates: dict, source: str, prefix: str = "", lines: dict[str, int] | None = None,
            origins: dict[str, str] | None = None) -> None:
     """Merge a nested dict into a dataclass instance in place, strictly.
 
@@ -406,7 +406,7 @@ def _merge(obj: Any, updates: dict, source: str, prefix: str = "", lines: dict[s
         current = getattr(obj, key)
         at = f"{source}:{lines[path]}" if path in lines else source
         if dataclasses.is_dataclass(current):
-            _merge(current, value, source, prefix=f"{path}.", lines=lines, origins=origins)
+            merge_into(current, value, source, prefix=f"{path}.", lines=lines, origins=origins)
         else:
             setattr(obj, key, _coerce(value, hints[key], path, at))
             if origins is not None:
@@ -534,20 +534,20 @@ def load_config(*paths: str | Path, overrides: list[str] | dict | None = None) -
     origins: dict[str, str] = {}
     for path in paths:
         data = read_yaml(path)
-        _merge(cfg, data, str(path), lines=_key_lines(Path(path).read_text(encoding="utf-8")), origins=origins)
+        merge_into(cfg, data, str(path), lines=_key_lines(Path(path).read_text(encoding="utf-8")), origins=origins)
     if isinstance(overrides, dict):
-        _merge(cfg, overrides, "overrides", origins=origins)
+        merge_into(cfg, overrides, "overrides", origins=origins)
     else:
         for text in overrides or []:
             key, value = parse_override(text)
-            _merge(cfg, _nest(key, value), f"override {text!r}", origins=origins)
+            merge_into(cfg, _nest(key, value), f"override {text!r}", origins=origins)
     _check_ranges(cfg, origins)
     return cfg
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
     cfg = Config()
-    _merge(cfg, data, source)
+    merge_into(cfg, data, source)
     _check_ranges(cfg)
     return cfg
 

@@ -23,7 +23,6 @@ The exit status is the command's (127-style errors if it cannot be started).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import shutil
@@ -32,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .fileio import try_lock
 
 log = logging.getLogger("veco2.devices")
 
@@ -65,11 +66,8 @@ def acquire(pool: list[str], count: int, poll: float, directory: Path | None = N
     while True:
         held: list[tuple[str, object]] = []
         for device in pool:
-            handle = open(directory / f"gpu{device}.lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            handle = try_lock(directory / f"gpu{device}.lock", block=False, mode="a+")
+            if handle is None:
                 continue
             held.append((device, handle))
             if len(held) == count:

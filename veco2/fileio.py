@@ -109,6 +109,33 @@ def remove_stale_temporaries(directory: str | Path) -> list[str]:
     return sorted(removed)
 
 
+def try_lock(path: str | Path, *, block: bool = True, mode: str = "w") -> IO | None:
+    """An exclusive ``flock`` on ``path`` (created with its folder): the open handle, which holds the
+    lock until it is closed or the process dies; with ``block=False`` None when another process holds
+    it.  The one lock primitive of veco2 (output directories, GPU slots, a sweep's shared start)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, mode)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold a blocking exclusive ``flock`` on ``path`` for the ``with`` block (:func:`try_lock`)."""
+    handle = try_lock(path)
+    try:
+        yield
+    finally:
+        handle.close()  # closing the last handle releases the flock
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path) as handle:
         handle.write(text)

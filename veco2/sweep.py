@@ -52,9 +52,7 @@ Outputs in ``OUT`` (:func:`write_report`): ``best.yaml`` (an ablation file like
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import logging
 import shutil
 import time
@@ -66,7 +64,7 @@ import yaml
 
 from .config import Config, load_config, read_yaml
 from .errors import ConfigError, Veco2Error
-from .fileio import append_jsonl, write_json, write_text
+from .fileio import append_jsonl, file_lock, write_json, write_text
 from .provenance import config_hash
 
 log = logging.getLogger(__name__)
@@ -406,18 +404,6 @@ def open_study(sweep: Sweep, study_name: str, storage):
 # The shared starting point
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """A blocking exclusive flock (released when the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass
 class Start:
     """What every trial shares: tokenizer directory, shard directory and initial weights (or None:
@@ -440,7 +426,7 @@ def ensure_start(sweep: Sweep, out_dir: str | Path) -> Start:
     extra["training.max_steps"] = max(s["steps"], 1)
     cfg = sweep.base_config(extra)
     shard_dir = cfg.data.shard_dir or str(start_dir / "shards")
-    with _file_lock(Path(out_dir) / "start.lock"):
+    with file_lock(Path(out_dir) / "start.lock"):
         if s["steps"] > 0:
             pretrain(cfg, start_dir)
             model_dir = str(start_dir / "model")

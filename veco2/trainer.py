@@ -24,7 +24,6 @@ Outputs in ``out_dir``::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from .data.corpus import Corpus
 from .data.shards import PretrainingShards, build_shards
 from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
 from .errors import Veco2Error
-from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, write_json, write_text
+from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jsonl, try_lock, write_json, write_text
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
 from .objectives import IGNORE_INDEX, combine_losses
 from .pretrained import hub_origin, resolve_pretrained
@@ -149,17 +148,12 @@ def heldout_retrieval(encoder, tokenizer, corpus: Corpus, languages: list[str], 
 @contextlib.contextmanager
 def exclusive_directory(out_dir: Path):
     """Refuse a second run on the same output directory (an flock, released when the process dies)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise Veco2Error(f"{out_dir}: another veco2 run is using this output directory (lock {out_dir / '.lock'})") from None
+    handle = try_lock(out_dir / ".lock", block=False)
+    if handle is None:
+        raise Veco2Error(f"{out_dir}: another veco2 run is using this output directory (lock {out_dir / '.lock'})")
     try:
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 
 
