@@ -6,7 +6,7 @@ separately, as in XTREME) next to the final MLM loss and the throughput each run
 
 ``--scale test``: the test-scale model of ``tests/test_pretrain.py`` (2 layers, hidden 32) on a
 de/zh slice of the demo corpus, 200 steps, lr 2e-3, retrieval at the last layer.
-``--scale demo``: the demo pre-training preset (``config/pretrain/demo.yaml``: the 4-layer tiny
+``--scale demo``: the demo pre-training config (``config/pretrain/demo.yaml``: the 4-layer tiny
 model, every demo language) for ``--steps``, retrieval at the default layer (2/3 depth).  The
 sequence term pools the retrieval layer unless a run sets ``objectives.seq.layer``.
 
@@ -86,12 +86,12 @@ def main() -> None:
     if args.scale == "test":
         corpus = make_corpus(work / "corpus")
         shared.update({"training.warmup_steps": 20, "training.lr": 2e-3, "evaluation.retrieval_layer": -1})
-        presets, runs = [], TEST_RUNS
+        pretrain_configs, runs = [], TEST_RUNS
 
         def overrides(**extra):
             return tiny_training_overrides(corpus, **shared, **{k: "null" if v is None else v for k, v in extra.items()})
     else:
-        presets, runs = [REPO / "config" / "pretrain" / "demo.yaml"], DEMO_RUNS
+        pretrain_configs, runs = [REPO / "config" / "pretrain" / "demo.yaml"], DEMO_RUNS
         shared.update({"training.tensorboard": False, **({"data.corpus": args.corpus} if args.corpus else {})})
 
         def overrides(**extra):
@@ -99,10 +99,10 @@ def main() -> None:
     runs = {label: runs[label] for label in (args.runs or runs)}
     from veco2.trainer import prepare_data
 
-    prepare_data(load_config(*presets, REPO / "ablations" / "mlm.yaml", overrides=overrides()), work / "data")
+    prepare_data(load_config(*pretrain_configs, REPO / "ablations" / "mlm.yaml", overrides=overrides()), work / "data")
     results = {}
     for label, (variant, extra) in runs.items():
-        cfg = load_config(*presets, REPO / "ablations" / f"{variant}.yaml", overrides=overrides(**prepared, **extra))
+        cfg = load_config(*pretrain_configs, REPO / "ablations" / f"{variant}.yaml", overrides=overrides(**prepared, **extra))
         summary = pretrain(cfg, work / "".join(c if c.isalnum() else "_" for c in label))
         results[label] = {"retrieval_accuracy": summary["retrieval"]["accuracy"],
                           "retrieval_layer": summary["retrieval"]["layer"],

@@ -266,7 +266,7 @@ def test_snakemake_killed_mid_dag_reruns_to_completion(small_corpus_dir, tmp_pat
     overrides = dict(item.split("=", 1) for item in tiny_training_overrides(small_corpus_dir))
     config = {
         "scale": "kill",
-        "pretrain": {"preset": "config/pretrain/demo.yaml",
+        "pretrain": {"config": "config/pretrain/demo.yaml",
                      "overrides": {key: yaml.safe_load(value) for key, value in overrides.items()}},
         "variants": {"dir": str(ablations)},
         "tasks": ["pawsx"],

@@ -128,7 +128,7 @@ def test_schema_rejects_a_misspelt_key_and_names_it(tmp_path):
 
 
 def test_bad_pretrain_override_fails_at_parse_time(tmp_path):
-    path = _write_config(tmp_path, pretrain={"preset": "config/pretrain/demo.yaml",
+    path = _write_config(tmp_path, pretrain={"config": "config/pretrain/demo.yaml",
                                              "overrides": {"training.max_stpes": 5}})
     proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(path), check=False)
     assert proc.returncode != 0 and "max_stpes" in proc.stdout + proc.stderr
@@ -211,7 +211,7 @@ def e2e_run(tmp_path_factory, small_corpus_dir):
     report = _has_report_command()
     config = {
         "scale": "e2e",
-        "pretrain": {"preset": "config/pretrain/demo.yaml", "overrides": overrides},
+        "pretrain": {"config": "config/pretrain/demo.yaml", "overrides": overrides},
         "variants": {"dir": str(ablations)},
         "tasks": list(E2E_LANGUAGES),
         "seeds": {"classification": [1], "tagging": [1], "qa": [1]},

@@ -4,7 +4,7 @@ A scale is exactly its config file: no value of another scale (the demo's 60 pre
 its 320-example fine-tuning cap) may leak into small, base or large.  These tests parse every
 planned `veco2 pretrain`, `veco2 finetune` and `veco2 evaluate` command line, resolve the config and
 hyper-parameters that the job would run with through the same functions the commands use, and
-compare them with the preset and task files.
+compare them with the pre-training config and task files.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def scale_config(scale: str) -> dict:
     return yaml.safe_load((REPO / "config" / f"{scale}.yaml").read_text())
 
 
-# The values each scale's preset declares (config/pretrain/SCALE.yaml), and the demo's cut.
+# The values each scale's pre-training config declares (config/pretrain/SCALE.yaml), and the demo's cut.
 EXPECTED_PRETRAIN = {
     "demo": {"max_steps": 60, "batch_size": 32, "heldout_pairs": 200, "size": "tiny"},
     "small": {"max_steps": 20000, "batch_size": 128, "size": "small"},
@@ -106,13 +106,13 @@ EXPECTED_PRETRAIN = {
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_pretrain_jobs_run_their_scale_preset_and_nothing_else(scale, scale_commands):
+def test_pretrain_jobs_run_their_scale_pretrain_config_and_nothing_else(scale, scale_commands):
     jobs = pretrain_jobs(scale_commands(scale))
     assert sorted(jobs) == VARIANTS
-    preset = REPO / scale_config(scale)["pretrain"]["preset"]
+    pretrain_config = REPO / scale_config(scale)["pretrain"]["config"]
     scale_overrides = scale_config(scale)["pretrain"]["overrides"]
     for variant, (prefix, configs, overrides) in jobs.items():
-        assert [Path(c).resolve() for c in configs] == [preset.resolve(), (REPO / "ablations" / f"{variant}.yaml").resolve()]
+        assert [Path(c).resolve() for c in configs] == [pretrain_config.resolve(), (REPO / "ablations" / f"{variant}.yaml").resolve()]
         given = dict(item.split("=", 1) for item in overrides)
         # Only where the workflow puts the shared data and the checkpoints, plus the scale's own overrides.
         bookkeeping = {"data.shard_dir", "training.checkpoint_dir", "data.tokenizer"}

@@ -46,7 +46,7 @@ def _bookkeeping(default: Any) -> Any:
 @dataclass
 class ModelConfig:
     size: Literal["tiny", "small", "base", "large"] = "tiny"
-    """Architecture preset (see ``veco2.model.SIZES``); ignored when ``init_from`` is set."""
+    """The architecture by name (see ``veco2.model.SIZES``); ignored when ``init_from`` is set."""
     init_from: str | None = None
     """Initialise from a Hugging Face checkpoint (hub name such as ``xlm-roberta-base`` or a local
     path) instead of random weights."""

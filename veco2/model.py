@@ -2,7 +2,7 @@
 
 Read top to bottom:
 
-1. :data:`SIZES` and :func:`build_encoder` make an ``XLMRobertaForMaskedLM`` from a size preset
+1. :data:`SIZES` and :func:`build_encoder` make an ``XLMRobertaForMaskedLM`` from a named size
    or load one from any Hugging Face checkpoint.  It is saved with ``save_pretrained``
    (safetensors), so ``transformers.AutoModel.from_pretrained(path)`` loads the encoder with no
    veco2 code.

@@ -51,7 +51,7 @@ def repo_path(path):
 # ---------------------------------------------------------------------------------------------
 # Pre-training variants: one per ablations/*.yaml (adding a file adds a variant to the DAG)
 
-PRESET = repo_path(config["pretrain"]["preset"])
+PRETRAIN_CONFIG = repo_path(config["pretrain"]["config"])
 PRETRAIN_OVERRIDES = dict(config["pretrain"].get("overrides") or {})
 ABLATION_DIR = repo_path(config["variants"]["dir"])
 
@@ -102,14 +102,14 @@ def ablation_file(variant):
     return os.path.join(ABLATION_DIR, f"{variant}.yaml")
 
 
-# The tokenizer is trained once per scale (when the preset says `data.tokenizer: train`) and
+# The tokenizer is trained once per scale (when its pre-training config says `data.tokenizer: train`) and
 # shared by every variant; a hub tokenizer (base/large: xlm-roberta-*) is used as named.
-_preset_config = load_config(PRESET, overrides=override_args(PRETRAIN_OVERRIDES))
-TRAIN_TOKENIZER = _preset_config.data.tokenizer == "train"
+_pretrain_config = load_config(PRETRAIN_CONFIG, overrides=override_args(PRETRAIN_OVERRIDES))
+TRAIN_TOKENIZER = _pretrain_config.data.tokenizer == "train"
 TOKENIZER_DIR = f"{RESOURCES}/data/tokenizer"
 SHARD_MANIFEST = f"{RESOURCES}/data/shards/manifest.json"
 DATA_OVERRIDES = {k: v for k, v in PRETRAIN_OVERRIDES.items() if k.startswith("data.")}
-DATA_SETTINGS = json.dumps(_preset_config.to_dict()["data"], sort_keys=True)
+DATA_SETTINGS = json.dumps(_pretrain_config.to_dict()["data"], sort_keys=True)
 
 
 def variant_config_hash(variant):
@@ -119,7 +119,7 @@ def variant_config_hash(variant):
     while a bookkeeping change (logging, checkpoint interval, compile) keeps them.  Loading the
     config here also makes a bad key in an ablation file or in pretrain.overrides fail at parse
     time, naming the key."""
-    return weights_hash(load_config(PRESET, ablation_file(variant), overrides=override_args(PRETRAIN_OVERRIDES)))
+    return weights_hash(load_config(PRETRAIN_CONFIG, ablation_file(variant), overrides=override_args(PRETRAIN_OVERRIDES)))
 
 
 VARIANT_HASH = {variant: variant_config_hash(variant) for variant in VARIANTS}

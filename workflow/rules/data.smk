@@ -8,7 +8,7 @@ localrules:
 
 rule prepare_data:
     """Train the tokenizer (once per scale: the Unigram trainer is not bit-reproducible across
-    runs, so it is never retrained per variant) and build the pre-tokenized shards.  The preset
+    runs, so it is never retrained per variant) and build the pre-tokenized shards.  The pre-training config
     is not an input: editing its training section must not retrain the tokenizer.  The resolved
     `data` section is a param instead, so a change of the data settings (and only that) re-runs
     this job and everything after it."""
@@ -17,7 +17,7 @@ rule prepare_data:
         manifest=SHARD_MANIFEST,
     params:
         out=lambda wildcards, output: os.path.dirname(os.path.dirname(output.manifest)),
-        preset=lambda wildcards: PRESET,
+        pretrain_config=lambda wildcards: PRETRAIN_CONFIG,
         overrides=override_args(DATA_OVERRIDES),
         data_settings=DATA_SETTINGS,
     conda:
@@ -27,7 +27,7 @@ rule prepare_data:
     benchmark:
         f"{BENCH}/prepare_data/{SCALE}.tsv"
     shell:
-        "veco2 data prepare --config {params.preset:q} --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"
+        "veco2 data prepare --config {params.pretrain_config:q} --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"
 
 
 rule prefetch_xtreme:

@@ -14,7 +14,7 @@
 
 rule pretrain:
     input:
-        preset=PRESET,
+        pretrain_config=PRETRAIN_CONFIG,
         ablation=lambda wildcards: ablation_file(wildcards.variant),
         tokenizer=TOKENIZER_DIR if TRAIN_TOKENIZER else [],
         shards=SHARD_MANIFEST,
@@ -33,5 +33,5 @@ rule pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{variant}}.tsv"
     shell:
-        "{params.launch:q} pretrain --config {input.preset:q} --config {input.ablation:q}"
+        "{params.launch:q} pretrain --config {input.pretrain_config:q} --config {input.ablation:q}"
         " --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"
