@@ -86,6 +86,19 @@ def small_corpus_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def en_de_corpus(small_corpus_dir, tmp_path_factory) -> Path:
+    """en-de only, 80 training pairs, 300 dictionary entries: small enough for a shard build in a
+    fraction of a second (the bad-input tests copy and break it)."""
+    out = tmp_path_factory.mktemp("en-de-corpus")
+    for name, size in (("parallel/train/en-de.tsv", 80), ("parallel/dev/en-de.tsv", 20), ("parallel/test/en-de.tsv", 20),
+                       ("mono/en.txt", 80), ("mono/de.txt", 80), ("dict/en-de.tsv", 300)):
+        lines = (small_corpus_dir / name).read_text(encoding="utf-8").splitlines()[:size]
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return out
+
+
 def tiny_training_overrides(corpus: Path, **extra) -> list[str]:
     """A model and run small enough for a few seconds of CPU per test."""
     base = {

@@ -69,18 +69,6 @@ def _put(path: Path, lines: list[str] | bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def clean_corpus(small_corpus_dir, tmp_path_factory) -> Path:
-    """en-de only, 80 training pairs: small enough for a shard build in a fraction of a second."""
-    out = tmp_path_factory.mktemp("clean-corpus")
-    for folder, size in (("parallel/train", 80), ("parallel/dev", 20), ("parallel/test", 20)):
-        _put(out / folder / "en-de.tsv", _lines(small_corpus_dir / folder / "en-de.tsv")[:size])
-    _put(out / "mono" / "en.txt", _lines(small_corpus_dir / "mono" / "en.txt")[:80])
-    _put(out / "mono" / "de.txt", _lines(small_corpus_dir / "mono" / "de.txt")[:80])
-    _put(out / "dict" / "en-de.tsv", _lines(small_corpus_dir / "dict" / "en-de.tsv")[:300])
-    return out
-
-
-@pytest.fixture(scope="module")
 def xtreme_root(tmp_path_factory) -> Path:
     from test_xtreme_data import write_tiny_layout
 
@@ -88,13 +76,13 @@ def xtreme_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pretrain_run(clean_corpus, tiny_tokenizer_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+def pretrain_run(en_de_corpus, tiny_tokenizer_dir, tmp_path_factory) -> tuple[Path, list[str]]:
     """A pre-training run stopped after its step-4 checkpoint, and the overrides that made it."""
     from veco2.config import load_config
     from veco2.trainer import pretrain
 
     out = tmp_path_factory.mktemp("pretrain-run")
-    overrides = tiny_training_overrides(clean_corpus, **{"data.tokenizer": tiny_tokenizer_dir,
+    overrides = tiny_training_overrides(en_de_corpus, **{"data.tokenizer": tiny_tokenizer_dir,
                                                          "data.shard_dir": out / "shards"})
     pretrain(load_config(ROOT / "ablations" / "mlm.yaml", overrides=overrides), out / "run", stop_after=4)
     return out, overrides
@@ -644,14 +632,14 @@ def test_the_table_has_at_least_30_cases():
 
 
 @pytest.mark.parametrize("name,setup,expected", CASES, ids=[name for name, _, _ in CASES])
-def test_bad_input(name, setup, expected, tmp_path, clean_corpus, xtreme_root, tiny_tokenizer_dir,
+def test_bad_input(name, setup, expected, tmp_path, en_de_corpus, xtreme_root, tiny_tokenizer_dir,
                    tiny_pretrained_dir, request, capsys, caplog):
     from veco2 import cli
 
     needs_run = "pretrain_checkpoint" in setup.__name__ or "optimizer_state" in setup.__name__ \
         or "trainer_state" in setup.__name__
     run = request.getfixturevalue("pretrain_run") if needs_run else None
-    env = Env(tmp_path, clean_corpus, xtreme_root, tiny_tokenizer_dir, tiny_pretrained_dir, run)
+    env = Env(tmp_path, en_de_corpus, xtreme_root, tiny_tokenizer_dir, tiny_pretrained_dir, run)
     argv = setup(env)
     caplog.set_level(logging.INFO)
     capsys.readouterr()

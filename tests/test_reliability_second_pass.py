@@ -43,18 +43,6 @@ def _put(path: Path, lines: list[str]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def en_de_corpus(small_corpus_dir, tmp_path_factory) -> Path:
-    """en-de only, 80 training pairs, 300 dictionary entries (as tests/test_bad_input.py's corpus)."""
-    out = tmp_path_factory.mktemp("en-de-corpus")
-    for folder, size in (("parallel/train", 80), ("parallel/dev", 20), ("parallel/test", 20)):
-        _put(out / folder / "en-de.tsv", _lines(small_corpus_dir / folder / "en-de.tsv")[:size])
-    _put(out / "mono" / "en.txt", _lines(small_corpus_dir / "mono" / "en.txt")[:80])
-    _put(out / "mono" / "de.txt", _lines(small_corpus_dir / "mono" / "de.txt")[:80])
-    _put(out / "dict" / "en-de.tsv", _lines(small_corpus_dir / "dict" / "en-de.tsv")[:300])
-    return out
-
-
 def _prepare(corpus: Path, out: Path, tokenizer: Path, *extra: str) -> int:
     from veco2 import cli
 

@@ -1,38 +1,15 @@
-"""Pre-training objectives for VECO 2.0-style cross-lingual encoders.
+"""Pre-training objectives, one class each (sentence-transformers ``losses/`` style): an
+:class:`Objective` whose ``forward`` takes hidden states and masks and returns a scalar loss, built
+from its config section ``objectives.NAME`` by :meth:`Objective.from_config` and registered in
+:data:`OBJECTIVES` (:func:`register_objective`; ``docs/architecture.md``).  :class:`MaskedLM`
+(MLM, XLM's TLM), :class:`SequenceContrastive` (InfoNCE between the two sides of a parallel pair)
+and :class:`TokenContrastive` (InfoNCE between dictionary synonyms inside a pair); the total is
+``L = L_mlm + λ_seq·L_seq + λ_tok·L_tok`` (:func:`combine_losses`).
 
-One class per objective, in the style of sentence-transformers' ``losses/``: each is an
-:class:`Objective` (an ``nn.Module``) whose ``forward`` takes hidden states (and masks / labels)
-and returns a scalar loss.  **An objective is its class**: :data:`OBJECTIVES` maps each name to
-its class, and the class is built from its config section (``objectives.NAME`` in a run config,
-a dataclass of ``veco2.config``) by :meth:`Objective.from_config`; the section's dataclass holds
-every option and its default.  The encoder itself lives elsewhere: ``veco2.model`` runs the
-encoder passes a batch needs and hands them to each objective's :meth:`Objective.batch_loss`.
-
-Adding an objective: subclass :class:`Objective`, write a config dataclass with a float
-``weight`` (0 switches it off), and call :func:`register_objective`; its section is then
-``objectives.NAME`` in YAML files and overrides, its term is logged as ``loss_NAME`` and weighted
-into the total (see ``docs/architecture.md``).
-
-Objectives (the total is ``L = L_mlm + λ_seq·L_seq + λ_tok·L_tok``, see :func:`combine_losses`):
-
-* :class:`MaskedLM`            masked language modelling (MLM), or TLM over a concatenated pair.
-* :class:`SequenceContrastive` InfoNCE between the pooled vectors of the two sides of a
-  parallel pair (in-batch, all-gathered, or InfoXLM-style momentum-queue negatives).
-* :class:`TokenContrastive`    InfoNCE between dictionary-matched words inside one bilingual
-  instance, with the instance's other tokens as negatives.
-
-Conventions: hidden states are float tensors ``[B, T, H]``; masks are bool or 0/1 integer
-tensors ``[B, T]`` with 1 = real token.
-
-The VECO 2.0 paper (arXiv 2304.08205) names the objectives but its equations and
-hyper-parameters are not public.  Everything below beyond "MLM + sequence-level contrast +
-token-level contrast between dictionary synonyms" is a reconstruction from related public
-methods, and every unpublished choice is a named option with a documented default:
-
-* InfoXLM / XLCo (Chi et al. 2021, arXiv 2007.07834): sequence contrast, momentum queue.
-* XLM-Align (Chi et al. 2021, arXiv 2106.06381): token-level alignment inside a pair.
-* XLM TLM (Conneau & Lample 2019, arXiv 1901.07291): MLM over a concatenated parallel pair.
-* InfoNCE / CPC (van den Oord et al. 2018, arXiv 1807.03748), as used by CLIP and SimCSE.
+VECO 2.0 (arXiv 2304.08205) names these terms but publishes neither equations nor settings: each
+class is a reconstruction from InfoXLM (arXiv 2007.07834), XLM-Align (arXiv 2106.06381), XLM's TLM
+(arXiv 1901.07291) and InfoNCE (arXiv 1807.03748), every unpublished choice a named option whose
+default its docstring explains.  Hidden states are ``[B, T, H]``; masks ``[B, T]``, 1 = real token.
 """
 
 from __future__ import annotations

@@ -1,59 +1,7 @@
-"""Batches for pre-training: which instances go into step ``s`` and how they become tensors.
-
-**Sampling is a pure function of (seed, step, rank)**, so a resumed run sees exactly the batches
-the uninterrupted run would have seen; the only "data position" a checkpoint needs is the step.
-Each step takes ``round(batch_size · bilingual_ratio)`` bilingual instances and fills the rest
-with monolingual ones, from two independent streams (a fresh seeded permutation per epoch).  With
-``bucket_by_length`` the instances of ``bucket_window`` consecutive global batches are sorted by
-length and cut into batches of similar length (whose order is then shuffled), to cut padding.
-
-The collator (:func:`collate`) builds a :class:`PretrainingBatch`, the tensors
-:class:`veco2.model.Veco2ForPretraining` reads (fields by name; those a batch does not need are
-None, and which are set follows from the config alone):
-
-================================  ===========================================================
-``input_ids, attention_mask``     the *main* pass: monolingual rows, then bilingual rows
-``labels``                        MLM labels of the main pass (-100 where not masked)
-``pair_rows``                     main-pass row of each pair's TLM instance (``mlm.bilingual=tlm``)
-``joint_src_mask/_tgt_mask``      [N, T_main] content tokens of each side inside the TLM row
-``joint_src_pool/_tgt_pool``      [N, T_main] ``<s> x </s>`` / ``</s> y </s>`` inside the TLM row
-                                  (sentence pooling with ``seq.pool_special_tokens``)
-``joint_spans``                   [P, 5] synonym spans in TLM-row coordinates
-``side_ids``                      1 / 2 on the source / target side of a TLM row, else 0
-                                  (``mlm.tlm_cross_layers``: sides apart in the lower layers)
-``clean_input_ids, clean_...``    unmasked sides ``<s> x </s>`` / ``<s> y </s>`` (2N rows), when needed
-``side_src_rows, side_tgt_rows``  rows of the separately encoded sides (clean pass if present, else main)
-``side_src_mask/_tgt_mask``       [N, T] attention masks of those rows (``<s> x </s>``: sentence
-                                  pooling over every non-pad token, as retrieval encodes it)
-``side_src_valid/_tgt_valid``     [N, T] content tokens of those rows (token loss)
-``side_spans``                    [P, 5] synonym spans in side-row coordinates
-================================  ===========================================================
-
-XLM-R layout: a monolingual row is ``<s> x </s>``, a TLM row ``<s> x </s></s> y </s>``.
-
-**Packing** (``data.packing``, see :func:`pack_first_fit`): instead of one padded row per
-sequence, the sequences of a pass are packed first-fit-decreasing into rows about as wide as the
-longest sequence of the batch (see ``PACK_WIDTH_SLACK``; a monolingual row and a TLM row, about
-twice as long, waste much padding otherwise).  Each packed pass then also carries
-
-================================  ===========================================================
-``segment_ids``                   [R, W] 1, 2, ... for the sequences of a row, 0 at padding;
-                                  the model turns it into a block-diagonal attention mask
-``position_ids``                  [R, W] XLM-R positions restarted at every sequence
-                                  (``pad + 1 + offset``), so a packed sequence is encoded
-                                  exactly as it would be alone (also without packing, and
-                                  restarted at a TLM row's target side, with
-                                  ``mlm.tlm_reset_positions``)
-``clean_segment_ids, ..._pos...`` the same for the clean pass
-``pair_index``                    [N, T] flat positions (``row·W + column``) of each TLM
-                                  instance in the main pass, instead of ``pair_rows``
-``side_src_index/_tgt_index``     [N, T] flat positions of the separately encoded sides,
-                                  instead of ``side_src_rows/_tgt_rows``
-================================  ===========================================================
-
-Gathering hidden states with these indices gives the same ``[N, T, H]`` views (and the same
-masks and span coordinates) as the unpacked rows, so the objectives do not know about packing.
-Positions past a sequence's end point at its first token; every mask is 0 there.
+"""Batches for pre-training: which instances go into step ``s`` (a pure function of seed, step and
+rank, so a resumed run sees the batches the uninterrupted run would have seen) and how
+:func:`collate` turns them into a :class:`PretrainingBatch`, packed or padded.  The batch's fields
+and the packing rules: ``docs/data.md#batches``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
-"""A pre-training corpus on disk, in the layout of the embedded demo corpus.
-
-::
-
-    ROOT/parallel/{train,dev,test}/en-LANG.tsv[.gz]     en<TAB>LANG sentence pairs
-                                   en-LANG.jsonl[.gz]   or {"en": ..., "LANG": ...} per line
-                                                        (or {"translation": {"en": ..., "LANG": ...}})
-                                   en-LANG.en[.gz] + en-LANG.LANG[.gz]   or a Moses (line-aligned) pair
-    ROOT/mono/LANG.txt[.gz]                             one sentence per line (en included)
-              LANG.jsonl[.gz]                           or {"text": ...} per line
-    ROOT/dict/en-LANG.tsv[.gz]                          en_word<TAB>LANG_word dictionary entries
-              en-LANG.tei[.gz]                          or a FreeDict TEI dictionary (eng-LANG.tei renamed)
-              en-LANG.txt[.gz]                          or a MUSE-style "en_word LANG_word" dictionary
-
-Each part is one file in one of its formats; two files for the same part are an error.  Formats
-and their checks: :mod:`veco2.data.readers`.  ``corpus="demo"`` resolves to the corpus shipped
-inside the package (``veco2/demo_data``).  Readers count what they skip
-(:class:`~veco2.data.readers.ReadStats`); :class:`Corpus` keeps every stats object so the shard
-builder can record them in its manifest.
+"""A pre-training corpus on disk (``mono/``, ``parallel/``, ``dict/``, in the layout of the embedded
+demo corpus; each part in one of its formats), read through :mod:`veco2.data.readers`.
+``corpus="demo"`` is the corpus shipped in the package.  Layout: ``docs/data.md#corpus-layout``.
 """
 
 from __future__ import annotations

@@ -1,33 +1,7 @@
-"""Readers for the corpus formats real veco2 runs use.
-
-Every reader takes a local path (plain or ``.gz``) and yields clean records.  Bad content is
-either a one-line :class:`~veco2.errors.InputError` (``path:line: problem``) or a *counted* skip:
-each reader fills a :class:`ReadStats` that the caller can log, so nothing is dropped silently.
-
-Formats
--------
-* monolingual text: one sentence per line; empty lines and lines of invisible characters only
-  (zero-width spaces and other Unicode format characters) are counted skips.
-* monolingual JSONL: one JSON object per line, the sentence in ``"text"``.
-* parallel TSV: ``src<TAB>tgt`` per line; a line without exactly one tab is an error
-  (a TSV with a broken column is a broken file, not noise).  Counted skips: lines with an empty
-  (or invisible-only) side, a header line (``en<TAB>de``, ``source<TAB>target``) as the first
-  line, and untranslated copies (target equal to source, as corpus filters such as OpusFilter's
-  ``IdenticalFilter`` drop them).
-* parallel JSONL: one JSON object per line, ``{"en": ..., "de": ...}`` or the hub's translation
-  layout ``{"translation": {"en": ..., "de": ...}}``; the same skips as TSV.
-* parallel Moses: two line-aligned files; different line counts are an error naming both.
-* MUSE-style dictionaries: ``src tgt`` separated by a tab or by whitespace (multi-word entries
-  need the tab).  Malformed lines (one field, or more than two whitespace fields without a tab)
-  are counted skips whose line numbers are logged; if *no* line of a non-empty file is usable the
-  whole file is malformed and an :class:`InputError` is raised (wrong file, wrong format).
-* FreeDict TEI XML: ``(headword, [translations])``, parsed incrementally with
-  ``xml.etree.ElementTree.XMLPullParser`` so that skipped entries are counted with their line.
-* Hub datasets: :func:`load_hub_parallel` / :func:`load_hub_text` call
-  ``datasets.load_dataset`` when the name is not an existing path (needs network; not tested
-  offline).
-
-Text decoding (BOM, CRLF, invalid UTF-8, NUL bytes) is :func:`veco2.fileio.iter_lines`.
+"""Readers for the corpus formats (plain text, JSONL, TSV, Moses, MUSE-style and FreeDict TEI
+dictionaries, hub datasets).  Bad content is a one-line :class:`~veco2.errors.InputError`
+(``path:line: problem``) or a skip counted in :class:`ReadStats`; nothing is dropped silently.
+Each format's rules: ``docs/data.md#formats-and-their-checks``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
-"""Pre-tokenized, memory-mapped pre-training shards.
-
-Built once per (corpus, tokenizer, languages, max_length) and read by the trainer without
-tokenizing again.  Layout of a shard directory::
-
-    manifest.json                      counts, skips, languages, tokenizer hash, provenance
-    mono.tokens.npy  mono.offsets.npy  mono.lang.npy      monolingual sentences
-    bi.src.npy bi.src_offsets.npy bi.tgt.npy bi.tgt_offsets.npy bi.lang.npy
-    bi.spans.npz                       dictionary-synonym subword spans (veco2.data.synonyms format)
-
-Token arrays are flat int32 with int64 offsets (sentence ``i`` is ``tokens[offsets[i]:offsets[i+1]]``),
-without special tokens; the collator adds them.  Sentences longer than ``max_length - 2`` tokens
-are cut (counted in the manifest: ``mono.LANG.truncated``, ``bi.LANG.truncated`` -- a parallel
-pair is cut before dictionary matching, see :mod:`veco2.data.synonyms`), empty ones are skipped
-(counted).
+"""Pre-tokenized, memory-mapped pre-training shards: built once per (corpus, tokenizer, languages,
+max_length), read by the trainer without tokenizing again; cuts and skips are counted in the
+manifest.  Layout: ``docs/data.md#shards``.
 """
 
 from __future__ import annotations

@@ -1,52 +1,8 @@
-"""Dictionary-synonym mining for the token-level contrastive loss.
-
-VECO 2.0's token-to-token contrast pulls together "tokens that are synonyms across the two languages"
-inside one bilingual instance, found with a thesaurus / bilingual dictionary.  The paper does not
-publish the dictionary, the matching rules or how words map to subwords; this module is a
-reconstruction with every choice named and documented:
-
-1. **Normalisation.**  Dictionary entries and text are compared after NFKC + Unicode case folding
-   (``str.casefold``).  Punctuation never belongs to a word: a *word* is a maximal run of letters,
-   combining marks, digits and ``_`` (Python's ``\\w`` plus the Unicode ``M*`` categories, so Devanagari
-   vowel signs and Arabic harakat stay inside their word).
-2. **Segmentation of each side into dictionary units** (greedy, left to right, longest entry first):
-   - *space-delimited scripts* (``segmentation="space"``): an entry is a sequence of words
-     (``"New York"``, ``"well-known"`` -> ``new york`` / ``well known``); it matches consecutive words
-     whose gaps hold only spaces, hyphens or apostrophes.  Longest phrase first.
-   - *scripts written without spaces* (``segmentation="chars"``; zh, ja, th, lo, km, my, bo): forward
-     maximum matching over the characters of each word run against that side's dictionary strings.
-     A match may not start or end inside a run of space-delimited letters (``"Python"`` in Chinese text).
-   ``segmentation="auto"`` (default) chooses ``chars`` for the language codes in
-   :data:`UNSPACED_LANGUAGES` (``zh-cn``, ``zh_TW`` -> ``zh``), and, without a language code, when most
-   dictionary entries of that side are written in such a script.
-3. **Pairing.**  A source unit and a target unit pair when the dictionary lists the target as a
-   translation of the source (one-to-many entries: any listed translation).  Repeated words are
-   resolved by the ``repeats`` option:
-   - ``"nearest"`` (default): source units are taken left to right; each pairs with the *unused*
-     target candidate whose relative position in its sentence (centre / length) is closest, ties to
-     the leftmost.  One-to-one, so "the ... the" against "der ... die" gives two pairs, not four.
-   - ``"all"``: every (source occurrence, target candidate) combination.
-4. **Subword spans.**  Character spans are mapped to subword index spans of each side's token
-   sequence encoded *without* special tokens, end exclusive.  A word takes every subword whose
-   character offsets overlap it (so a piece that straddles a word boundary belongs to both words);
-   a lone ``▁`` piece at either edge (Metaspace's prepended space) is trimmed.  A word left with no
-   subword is dropped and counted (``unmappable``).
-5. **Truncation first.**  With ``max_length``, a side longer than ``max_length`` tokens is cut
-   *before* matching: to the characters of its first ``max_length`` tokens, extended to the end of
-   the word the last kept token is in (space-delimited scripts), so that a dictionary unit must
-   lie inside the kept text.  Matching a whole over-long line first and cutting afterwards costs
-   time quadratic in the line (every repeated word is a candidate for every other); cut first, the
-   work per pair is bounded by ``max_length``.  Relative positions (``repeats="nearest"``) stay
-   relative to the whole sentence.  Cut pairs are counted (``MiningStats.truncated``).
-
-Corpus mining (:func:`mine_corpus`) encodes each batch of pairs with one tokenizer call (on a helper
-thread, overlapping the Python matching of the same batch) and can spread batches over processes;
-:class:`MiningStats` counts pairs, pairs with at least one match and matches (run it per language).
-
-Storage (:func:`save_spans` / :func:`load_spans`): one ``.npz`` file beside a tokenized shard holding
-``spans`` -- int32 ``[M, 4]`` rows ``(src_tok_start, src_tok_end, tgt_tok_start, tgt_tok_end)`` -- and
-``offsets`` -- int64 ``[N + 1]`` with ``offsets[0] = 0`` and ``offsets[N] = M``; pair ``i`` owns rows
-``spans[offsets[i]:offsets[i + 1]]`` (in source order).  ``format_version`` = 1.
+"""Dictionary-synonym mining for the token-level contrastive loss: which subword spans of a parallel
+pair are translations of each other by a bilingual dictionary.  VECO 2.0 does not publish its
+matching rules; this is a reconstruction whose every choice (normalisation, segmentation,
+pairing of repeated words, subword spans, truncation before matching) is a named option, set out
+with the span storage format in ``docs/data.md#dictionary-synonym-mining``.
 """
 
 from __future__ import annotations

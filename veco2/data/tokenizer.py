@@ -1,20 +1,7 @@
-"""SentencePiece-style Unigram tokenizer in the XLM-R layout, trained with Hugging Face ``tokenizers``.
-
-VECO 2.0 continues training from VECO-large, whose vocabulary is the 250,002-piece SentencePiece
-Unigram model of XLM-R.  Real runs load that tokenizer from the hub (:func:`load_tokenizer`); the
-offline demo and small-scale ablations train a small vocabulary of the same kind on their own corpus
-(:func:`train_unigram_tokenizer`), so that every downstream component sees the same conventions:
-
-- model: Unigram language model over subword pieces (Kudo 2018), as SentencePiece ``--model_type=unigram``;
-- normaliser: NFKC (XLM-R uses SentencePiece's ``nmt_nfkc`` map, which is NFKC plus control-character
-  clean-up; plain NFKC is the documented approximation here);
-- pre-tokeniser: Metaspace -- spaces become ``▁`` and a ``▁`` is prepended to the text, so pieces can
-  span no word boundary except by starting with ``▁``;
-- special tokens, XLM-R ids: ``<s>`` = 0, ``<pad>`` = 1, ``</s>`` = 2, ``<unk>`` = 3, ``<mask>`` = last id;
-- post-processor: ``<s> A </s>`` for one text and ``<s> A </s></s> B </s>`` for a pair (RoBERTa / XLM-R).
-
-The result is saved with ``save_pretrained`` (``tokenizer.json`` + ``tokenizer_config.json``), so that
-``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it without importing veco2.
+"""A SentencePiece-style Unigram tokenizer in the XLM-R layout (NFKC, Metaspace, XLM-R's special
+token ids and pair template), trained with Hugging Face ``tokenizers`` for the offline scales or
+loaded from the hub; saved so that plain ``AutoTokenizer`` loads it.  Details:
+``docs/data.md#tokenizer``.
 """
 
 from __future__ import annotations

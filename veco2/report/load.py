@@ -1,28 +1,7 @@
-"""Read one scale's results directory into tables the report is built from.
-
-Layout read (``RESULTS`` = e.g. ``results/demo``)::
-
-    RESULTS/xtreme/{variant}/{task}/seed{S}/results.json   fine-tuning / retrieval results
-    RESULTS/pretrain/{variant}/summary.json                 throughput, final losses, config, provenance
-    RESULTS/pretrain/{variant}/metrics.jsonl                per-log-step losses (loss curves)
-    RESULTS/benchmarks/{rule}/{wildcards}.tsv               Snakemake benchmark files
-    RESULTS/sweeps/{study}/trials.csv (+ *.png, plots/*.png) Optuna sweep outputs (veco2.sweep)
-
-Every part is optional: a missing part is recorded in :attr:`ResultsTree.missing` (and logged),
-never filled with zeros.  The XTREME results are read with
-:func:`veco2.xtreme.aggregate.load_results_tree` and scored with
-:func:`~veco2.xtreme.aggregate.task_score` / :func:`~veco2.xtreme.aggregate.summarise`; nothing
-of the scoring rules is repeated here.
-
-Gaps (what :attr:`ResultsTree.missing` lists):
-
-- a variant without a task (every variant is expected to have all nine XTREME tasks);
-- a variant/task with fewer fine-tuning seeds than the union of seeds seen in the tree
-  (retrieval tasks expect ``seed0`` only);
-- a run whose languages differ from the task's expected languages (the union declared by all
-  runs of that task): the run is left out of every mean and listed, because a silently shorter
-  average is exactly what :mod:`~veco2.xtreme.aggregate` forbids;
-- a variant without pre-training summary, metrics log or benchmark file.
+"""Read one scale's results directory (XTREME results, pre-training summaries and metrics,
+Snakemake benchmarks, sweeps) into the :class:`ResultsTree` the report is built from; every gap
+is listed in :attr:`ResultsTree.missing`, never filled with zeros.  The XTREME results are scored
+by :mod:`veco2.xtreme.aggregate`.  Layout and gaps: ``docs/report.md#what-the-report-reads``.
 """
 
 from __future__ import annotations

@@ -1,32 +1,7 @@
-"""The paper's tables from a :class:`~veco2.report.load.ResultsTree`.
-
-Each table is a :class:`Table` holding two frames with the same rows and columns:
-
-- ``numeric``: full-precision numbers (mean, std, delta ...), NaN where a value is missing;
-  written as CSV (missing = empty cell);
-- ``display``: the strings a reader sees, "mean ± std" with ``decimals`` digits, "—" for a missing
-  value (never 0); written as Markdown (``DataFrame.to_markdown``), LaTeX (pandas Styler,
-  booktabs rules) and HTML.
-
-Tables:
-
-- :func:`main_table` -- one row per model (pre-trained variants, then the baselines fine-tuned
-  without pre-training here), the XTREME columns in the paper's order
-  (QA as F1/EM), the four category scores and the average; published reference rows
-  (``reference_rows.yaml``: mBERT and XLM-R large from Hu et al. 2020, arXiv 2003.11080; XLM-R base
-  and InfoXLM base/large as tabulated by ERNIE-M, Ouyang et al. 2021, arXiv 2012.15674; VECO large
-  from the AliceMind README, Luo et al. 2021, arXiv 2010.16046) below, labelled "reported" with
-  their source and never averaged with ours.
-- :func:`per_language_table` -- one per task: languages as columns, English, the mean of the
-  other languages and the cross-lingual transfer gap (English minus that mean).
-- :func:`ablation_table` -- every variant and baseline: tasks and the average with the Δ against
-  mlm and against each baseline (the starting model); "n.s." where |Δ| is smaller than the seed
-  std (see :func:`significance`).
-
-Every XTREME table shows Δ against the tree's reference variant (mlm by default) and against
-each baseline of the tree (:func:`delta_references`); the cost table is about pre-training, which
-the baselines did not do here.
-- :func:`cost_table` -- pre-training throughput, relative cost, peak memory and wall time.
+"""The paper's tables (main, per language, ablation, cost) from a
+:class:`~veco2.report.load.ResultsTree`, each a :class:`Table` of full-precision numbers and the
+strings a reader sees, written as CSV, Markdown, LaTeX and HTML.  What each table holds:
+``docs/report.md#tables``.
 """
 
 from __future__ import annotations
