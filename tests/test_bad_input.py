@@ -128,8 +128,8 @@ class Env:
 
     def finetune(self, *extra: str, task: str = "xnli", languages=("en", "de")) -> list[str]:
         return ["finetune", "--task", task, "--model", str(self.pretrained()), "--out", str(self.tmp / "ft"),
-                "--seeds", "1", "--data-root", str(self.xtreme()), "--max-steps", "1", "--set", "batch_size=4",
-                "--languages", *languages, *extra]
+                "--seeds", "1", "--data-root", str(self.xtreme()), "--max-steps", "1", "batch_size=4", *extra,
+                "--languages", *languages]
 
 
 def _manifest(tmp: Path) -> dict:
@@ -304,7 +304,7 @@ def case_download_hash_mismatch(env):
 
 
 def case_unknown_finetune_setting(env):
-    return env.finetune("--set", "learning_rat=3e-5")
+    return env.finetune("learning_rat=3e-5")
 
 
 def case_bad_retrieval_layer(env):

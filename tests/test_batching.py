@@ -77,3 +77,53 @@ def test_views_gather_the_same_rows_packed_or_not():
             x, y, _ = SHARDS.bi(n)
             assert rows[n][batch.joint_src_mask[n]].tolist() == x.tolist()
             assert rows[n][batch.joint_tgt_mask[n]].tolist() == y.tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exponentially smoothed language sampling (XLM-R's alpha)
+
+
+def test_epoch_slots_follow_xlmr_smoothing_by_hand():
+    from veco2.data.batching import epoch_slots
+
+    # p = (.9, .09, .01); p^0.3 = (.96889, .48555, .25119), sum 1.70563 -> q = (.56806, .28467, .14727);
+    # x 1000 draws = 568.06, 284.67, 147.27 -> floors 568, 284, 147 (999) + the largest remainder (.67) -> 285.
+    assert epoch_slots(np.array([900, 90, 10]), 0.3).tolist() == [568, 285, 147]
+    assert epoch_slots(np.array([900, 90, 10]), 1.0).tolist() == [900, 90, 10]
+    assert epoch_slots(np.array([5, 5]), 0.0).tolist() == [5, 5]
+
+
+def _smoothed_sampler(alpha, rank=0, world=1):
+    from veco2.data.batching import StepSampler
+
+    langs = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    return langs, StepSampler(1000, 0, np.ones(1000), np.ones(0), 10, 0.0, 5, False, 1, rank, world,
+                              mono_languages=langs, language_alpha=alpha)
+
+
+def test_smoothed_sampling_draws_each_language_its_slots_per_epoch_and_every_instance():
+    langs, sampler = _smoothed_sampler(0.3)
+    epoch = np.concatenate([sampler.indices(step)[0] for step in range(100)])  # 100 steps x 10 = one epoch
+    assert np.bincount(langs[epoch]).tolist() == [568, 285, 147]
+    # a small language cycles through all its instances (each seen 14-15 times), a large one is cut
+    assert set(epoch[langs[epoch] == 2]) == set(range(990, 1000))
+    assert len(set(epoch[langs[epoch] == 0])) == 568
+
+
+def test_smoothed_sampling_is_a_pure_function_of_the_step_and_splits_ranks():
+    _, sampler = _smoothed_sampler(0.3)
+    steps = [sampler.indices(step)[0] for step in range(250)]
+    _, again = _smoothed_sampler(0.3)
+    for step in (230, 3, 101, 0):  # any order, across epochs: a resumed run sees the same batches
+        assert np.array_equal(again.indices(step)[0], steps[step])
+    (_, rank0), (_, rank1) = _smoothed_sampler(0.3, 0, 2), _smoothed_sampler(0.3, 1, 2)
+    first, second = rank0.indices(7)[0], rank1.indices(7)[0]
+    assert len(first) == len(second) == 10 and not set(first) & set(second)
+
+
+def test_alpha_one_is_the_plain_permutation_of_all_instances():
+    from veco2.data.batching import StepSampler
+
+    _, smoothed = _smoothed_sampler(1.0)
+    plain = StepSampler(1000, 0, np.ones(1000), np.ones(0), 10, 0.0, 5, False, 1)
+    assert all(np.array_equal(smoothed.indices(step)[0], plain.indices(step)[0]) for step in (0, 57, 140))

@@ -146,3 +146,20 @@ def test_background_workers_yield_the_same_batches_as_the_loop():
     fresh = StepBatches(shards, sampler, cfg, special, start=0, end=12)
     assert all(torch.equal(fresh[6 + i].input_ids, in_process[i].input_ids) for i in range(6))
     assert not torch.equal(fresh[6].labels, fresh[7].labels)
+
+
+def test_bench_prepare_times_the_real_preparation_with_each_worker_count(tmp_path):
+    """`veco2 bench prepare`: one fresh process per (size, workers), the real `veco2 data prepare`, and
+    both worker counts write shards of the same size (they are byte-identical: test_prepare_parallel)."""
+    import json
+
+    from veco2 import cli
+
+    assert cli.main(["bench", "prepare", "--pairs", "600", "--workers", "1", "2", "--chunk-size", "200",
+                     "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")]) == 0
+    (path,) = (tmp_path / "results").glob("prepare-*.json")
+    record = json.loads(path.read_text())
+    runs = {run["workers"]: run for run in record["runs"]}
+    assert set(runs) == {1, 2} and all(run["pairs"] == 600 and run["pairs_per_s"] > 0 for run in runs.values())
+    assert runs[1]["shard_bytes"] == runs[2]["shard_bytes"] > 0
+    assert runs[2]["worker_max_rss_mb"] > 0 and runs[1]["worker_max_rss_mb"] == 0  # 1 worker: in the main process

@@ -95,7 +95,8 @@ def test_one_weights_hash_ignores_exactly_the_bookkeeping_settings():
         return found
 
     assert bookkeeping(Config()) == {
-        "name", "description", "evaluation", "data.num_workers", "training.compile", "training.checkpoint_every",
+        "name", "description", "evaluation", "data.num_workers", "data.prepare_workers", "data.prepare_chunk_size",
+        "training.compile", "training.checkpoint_every",
         "training.keep_checkpoints", "training.checkpoint_dir", "training.log_every", "training.max_nonfinite_skips",
         "training.tensorboard", "training.peak_flops"}
     base = weights_hash(load_config())

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from veco2.data import demo_build as db
-from veco2.data.demo_build import (
+from veco2.demo import corpus as db
+from veco2.demo.corpus import (
     BuildOptions, LanguageHarvest, SOURCES, clean_message, dedup_key, dictd_translations, has_placeholder,
     keep_sentence_pair, script_fraction, split_pairs, strip_accelerators,
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from veco2.data import demo_tasks as dt
+from veco2.demo import tasks as dt
 from veco2.provenance import sha256_file
 
 DEMO = Path(__file__).resolve().parents[1] / "veco2" / "demo_data"

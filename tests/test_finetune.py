@@ -9,8 +9,9 @@ from transformers import AutoTokenizer
 
 from veco2.errors import ConfigError, Veco2Error
 from veco2.xtreme import aggregate
-from veco2.xtreme.evaluate import default_layer, run_evaluate
-from veco2.xtreme.finetune import QuestionAnswering, Tagging, best_span, parse_overrides, run_finetune
+from veco2.xtreme.retrieval_run import default_layer, run_evaluate
+from veco2.xtreme.families import QuestionAnswering, Tagging, best_span
+from veco2.xtreme.finetune import FinetuneSettings, parse_overrides, run_finetune
 from veco2.xtreme.registry import get_task
 
 FAST = {"max_steps": 3, "batch_size": 4, "eval_steps": 2}
@@ -43,8 +44,9 @@ def test_best_span_known_answer_length_limit_and_question_rejected():
 
 def test_qa_windows_map_answers_back_to_context(tiny_pretrained_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_pretrained_dir)
-    hp = {"max_seq_length": 24, "doc_stride": 6, "max_query_length": 8, "n_best_size": 20, "max_answer_length": 30}
-    qa = QuestionAnswering(get_task("xquad"), tokenizer, hp)
+    settings = FinetuneSettings(max_seq_length=24, doc_stride=6, max_query_length=8, n_best_size=20,
+                                max_answer_length=30)
+    qa = QuestionAnswering(get_task("xquad"), tokenizer, settings)
     context = "Open the document and save the file. The quick brown fox jumps over the lazy dog."
     example = {"id": "x", "context": context, "question": "What jumps?",
                "answers": {"text": ["brown fox"], "answer_start": [context.index("brown fox")]}}
@@ -66,7 +68,7 @@ def test_long_sentences_are_split_and_mapped_back(tiny_pretrained_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_pretrained_dir)
     task = get_task("udpos")
-    tagger = Tagging(task, tokenizer, {"max_seq_length": 8, "eval_batch_size": 4})
+    tagger = Tagging(task, tokenizer, FinetuneSettings(max_seq_length=8, eval_batch_size=4))
     words = "The quick brown fox jumps over the lazy dog and saves the file".split()
     example = {"id": "s", "words": words, "tags": ["NOUN"] * len(words)}
     windows = tagger.windows([example])
@@ -88,7 +90,7 @@ def test_long_sentences_are_split_and_mapped_back(tiny_pretrained_dir):
 
     model = FirstSubwordEcho()
     model.batch = tagger._features([example], with_labels=False)
-    tagger.hp["eval_batch_size"] = len(model.batch)
+    tagger.settings.eval_batch_size = len(model.batch)
     prediction = tagger.predict(model, [example])[0]
     assert prediction == [task.labels[i % len(task.labels)] for i in range(len(words))]
 
@@ -209,7 +211,7 @@ def test_tatoeba_and_bucc_evaluate_with_layer_sweep(tiny_pretrained_dir, tiny_ro
     import torch
     from transformers import AutoModel
 
-    from veco2.xtreme.evaluate import encode
+    from veco2.xtreme.retrieval_run import encode
 
     assert default_layer(12) == 8 and default_layer(24) == 16
     out = tmp_path / "variant"
@@ -247,3 +249,47 @@ def test_tatoeba_and_bucc_evaluate_with_layer_sweep(tiny_pretrained_dir, tiny_ro
     assert set(bucc["scores"]["de"]) == {"f1", "precision", "recall"} and bucc["seed"] == 0
     assert "de" in bucc["bucc_thresholds"]
     assert set(aggregate.load_results_tree(tmp_path)["task"]) == {"tatoeba", "bucc2018"}
+
+
+def test_settings_are_the_engine_defaults_then_the_task_file_then_the_overrides():
+    import dataclasses
+
+    from veco2.xtreme.finetune import ENGINE_DEFAULTS, resolve_hyperparameters
+
+    xnli, xquad = get_task("xnli"), get_task("xquad")
+    settings = resolve_hyperparameters(xquad, {"doc_stride": 64, "learning_rate": "1e-4"})
+    assert (settings.doc_stride, settings.max_query_length, settings.learning_rate) == (64, 64, 1e-4)
+    assert settings.warmup_steps == 500 and settings.eval_batch_size == ENGINE_DEFAULTS["eval_batch_size"]
+    # results.json records the engine settings and those the task file names: no QA settings for XNLI
+    assert list(resolve_hyperparameters(xnli).to_dict()) == [*ENGINE_DEFAULTS, "learning_rate", "num_train_epochs",
+                                                            "batch_size", "max_seq_length"]
+    with pytest.raises(ConfigError, match="unknown fine-tuning setting 'doc_stride'"):
+        resolve_hyperparameters(xnli, {"doc_stride": 64})
+    with pytest.raises(ConfigError, match=r"fine-tuning settings: warmup_steps: got 0\.5, expected int"):
+        resolve_hyperparameters(xnli, {"warmup_steps": 0.5})
+    odd = dataclasses.replace(xnli, hyperparameters={**xnli.hyperparameters, "dropout": 0.2})
+    with pytest.raises(ConfigError, match="unknown key 'dropout'"):
+        resolve_hyperparameters(odd)
+
+
+def test_finetune_command_takes_key_value_overrides_like_pretrain(monkeypatch, capsys):
+    from veco2 import cli
+    from veco2.xtreme import finetune
+
+    calls = []
+
+    def record(task, model, out, **kwargs):
+        calls.append(kwargs)
+        return [{"task": task, "seed": 1, "task_score": 50.0}]
+
+    monkeypatch.setattr(finetune, "run_finetune", record)
+    base = ["finetune", "--task", "xnli", "--model", "m", "--out", "o"]
+    assert cli.main([*base, "learning_rate=3e-5", "eval_steps=100", "batch_size=8", "--max-steps", "5",
+                     "--languages", "en", "de"]) == 0
+    assert calls[-1]["overrides"] == {"batch_size": 8, "learning_rate": 3e-5, "eval_steps": 100, "max_steps": 5}
+    assert calls[-1]["languages"] == ["en", "de"]
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--languages", "en", "de", "batch_size=8"])
+    assert "put the overrides before --languages" in capsys.readouterr().err
+    assert cli.main([*base, "batch_size"]) == 2
+    assert "override 'batch_size': expected KEY=VALUE" in capsys.readouterr().err

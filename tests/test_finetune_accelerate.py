@@ -26,9 +26,10 @@ from test_xtreme_data import write_tiny_layout
 from transformers import AutoTokenizer
 
 from veco2.errors import ConfigError
-from veco2.xtreme import finetune
+from veco2.xtreme import families, finetune
 from veco2.xtreme.data import load_split
-from veco2.xtreme.finetune import FAMILIES, parse_overrides, resolve_hyperparameters, run_finetune
+from veco2.xtreme.families import FAMILIES
+from veco2.xtreme.finetune import parse_overrides, resolve_hyperparameters, run_finetune
 from veco2.xtreme.registry import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,23 +130,23 @@ def _plain_loop(family, model_dir, hp, seed, features):
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
-         "weight_decay": hp["weight_decay"]},
+         "weight_decay": hp.weight_decay},
         {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
-    total = math.ceil(len(features) / hp["batch_size"]) * hp["num_train_epochs"]
-    if hp["max_steps"] is not None:
-        total = min(total, hp["max_steps"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(hp["warmup_steps"], total), total)
+    optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, eps=hp.adam_epsilon)
+    total = math.ceil(len(features) / hp.batch_size) * hp.num_train_epochs
+    if hp.max_steps is not None:
+        total = min(total, hp.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(hp.warmup_steps, total), total)
     model.train()
     step = epoch = 0
-    while step < total and epoch < hp["num_train_epochs"]:
+    while step < total and epoch < hp.num_train_epochs:
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        batches = [order[i:i + hp["batch_size"]].tolist() for i in range(0, len(order), hp["batch_size"])]
+        batches = [order[i:i + hp.batch_size].tolist() for i in range(0, len(order), hp.batch_size)]
         for b in range(len(batches)):
             loss = model(**_plain_pad([features[i] for i in batches[b]], family.tokenizer.pad_token_id)).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -206,7 +207,7 @@ def test_model_and_every_batch_live_on_the_accelerator_device(tiny_pretrained_di
 def test_retrieval_runs_on_the_device_with_its_batch_size_and_bf16(tiny_pretrained_dir, tiny_root, tmp_path):
     from accelerate import PartialState
 
-    from veco2.xtreme.evaluate import run_evaluate
+    from veco2.xtreme.retrieval_run import run_evaluate
 
     with recording() as (lookups, _):
         plain = run_evaluate("tatoeba", tiny_pretrained_dir, tmp_path / "fp32", data_root=tiny_root,
@@ -269,8 +270,8 @@ def test_batch_size_must_divide_into_micro_batches(tiny_pretrained_dir, tiny_roo
 
 def test_new_settings_are_checked_and_only_result_keys_change_the_run_hash(tiny_pretrained_dir, tiny_root, tmp_path):
     spec = get_task("xnli")
-    assert resolve_hyperparameters(spec, parse_overrides(["mixed_precision=no"]))["mixed_precision"] == "no"
-    assert resolve_hyperparameters(spec, parse_overrides(["report_to=tensorboard,wandb"]))["report_to"] == \
+    assert resolve_hyperparameters(spec, parse_overrides(["mixed_precision=no"])).mixed_precision == "no"
+    assert resolve_hyperparameters(spec, parse_overrides(["report_to=tensorboard,wandb"])).report_to == \
         "tensorboard,wandb"
     for bad, message in [({"mixed_precision": "fp8"}, "mixed_precision must be one of no, bf16, fp16"),
                          ({"report_to": "nonsense"}, "unknown tracker nonsense"),
@@ -398,8 +399,8 @@ def test_two_processes_under_torchrun(no_dropout_dir, tiny_root, tmp_path):
     batch, the all-reduced gradient is the single-process gradient of the whole batch, evaluation is
     sharded and gathered in order, and one results.json is written."""
     args = ["finetune", "--task", "xnli", "--model", str(no_dropout_dir), "--seeds", "1", "--data-root", str(tiny_root),
-            "--languages", "en", "de", "--max-steps", "2", "--set", "batch_size=8", "--set", "eval_batch_size=2",
-            "--set", "max_grad_norm=1e9", "--set", "learning_rate=1e-3"]
+            "--languages", "en", "de", "--max-steps", "2", "batch_size=8", "eval_batch_size=2",
+            "max_grad_norm=1e9", "learning_rate=1e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT),
            "ACCELERATE_USE_CPU": "1"}
     env.pop("VECO2_FAULT", None)
@@ -450,7 +451,7 @@ def _sharded_prediction_worker():
     from accelerate.state import PartialState
 
     PartialState._reset_state()  # the forked worker starts from the launcher's environment, not the parent's state
-    state = finetune.process_state()
+    state = families.process_state()
     assert state.num_processes == 2
     torch.set_num_threads(1)
     features = [{"input_ids": list(range(10 * i, 10 * i + 1 + i % 3)), "attention_mask": [1] * (1 + i % 3)}
@@ -463,7 +464,7 @@ def _sharded_prediction_worker():
         return original(self, input_ids, attention_mask)
 
     _Echo.forward = counting
-    outputs = finetune._forward_batches(_Echo(), features, 2, 0, ["logits"])
+    outputs = families.forward_batches(_Echo(), features, 2, 0, ["logits"])
     assert [o[0][:, 0].tolist() for o in outputs] == [[float(t) for t in f["input_ids"]] for f in features]
     assert mine == ([2, 2] if state.process_index == 0 else [2, 1])  # batches 0-1 here, 2-3 there
 

@@ -214,6 +214,27 @@ def test_pretrain_writes_a_model_that_plain_transformers_loads(small_corpus_dir,
                                              "per_process": 7, "global": 7}
     assert set(summary["retrieval"]["accuracy"]) == {"de", "zh", "mean"}
     assert (tmp_path / "config.yaml").exists()
+    # the word-translation probe: every layer (0 = embeddings .. 2), its 0/1 rows agree with its accuracies
+    probe = summary["word_translation"]
+    assert set(probe["by_layer"]) == {"0", "1", "2"} and probe["layer"] == 1
+    for layer, scores in probe["by_layer"].items():
+        for lang, rows in probe["correct"][layer].items():
+            assert len(rows) == probe["items"][lang] >= 2
+            assert scores[lang] == pytest.approx(100 * sum(map(sum, rows)) / (2 * len(rows)))
+
+
+def test_word_translation_probe_uses_only_entries_the_token_loss_never_saw(prepared, small_corpus_dir):
+    from veco2.data.corpus import Corpus
+    from veco2.probes import trained_word_pairs, word_items
+
+    cfg, tokenizer, shards, _ = prepared
+    corpus = Corpus(small_corpus_dir)
+    trained = trained_word_pairs(shards, shards.manifest["languages"].index("de"))
+    everything = word_items(corpus, "de", tokenizer, 60, cfg.data.max_length, max_words=10_000)
+    held_out = word_items(corpus, "de", tokenizer, 60, cfg.data.max_length, max_words=10_000, exclude=trained)
+    pairs = {(it.src_word, it.tgt_word) for it in everything}
+    assert trained and pairs & trained  # the dev pairs do contain trained entries ...
+    assert {(it.src_word, it.tgt_word) for it in held_out} == pairs - trained  # ... which the probe leaves out
 
 
 @pytest.mark.parametrize("variant,extra", [
@@ -351,7 +372,7 @@ def test_default_contrastive_terms_read_clean_text(prepared, small_corpus_dir):
 
 
 def test_default_sequence_term_pools_the_retrieval_layer_as_retrieval_does(prepared, small_corpus_dir):
-    from veco2.xtreme.evaluate import default_layer
+    from veco2.xtreme.retrieval_run import default_layer
 
     _, tokenizer, shards, _ = prepared
     special = SpecialTokens.of(tokenizer)
@@ -368,7 +389,7 @@ def test_default_sequence_term_pools_the_retrieval_layer_as_retrieval_does(prepa
                              segment_ids=batch.clean_segment_ids, position_ids=batch.clean_position_ids)
         view = model.pair_view(batch, clean, clean, "separate", model.seq.layer)
         pooled = model.seq.embed(view.tgt, view.tgt_mask)
-        for n, i in enumerate(range(5)):  # veco2.xtreme.evaluate.encode: "<s> y </s>" alone, mean over non-pad
+        for n, i in enumerate(range(5)):  # veco2.xtreme.retrieval_run.encode: "<s> y </s>" alone, mean over non-pad
             ids = torch.as_tensor([[special.bos, *shards.bi(i)[1].tolist(), special.eos]])
             states = encoder.roberta(input_ids=ids, attention_mask=torch.ones_like(ids),
                                      output_hidden_states=True).hidden_states[default_layer(2)]

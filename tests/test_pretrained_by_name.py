@@ -81,8 +81,8 @@ def test_finetune_and_evaluate_by_hub_name_on_the_demo_data(hub_cache, tmp_path,
     _, snapshot = hub_cache
     out = tmp_path / "results"
     assert main(["finetune", "--task", "pawsx", "--model", NAME, "--out", str(out), "--seeds", "1",
-                 "--languages", "en", "de", "--max-steps", "2", "--set", "max_train_examples=16",
-                 "--set", "batch_size=8", "--set", "eval_batch_size=100", "--set", "max_seq_length=64"]) == 0
+                 "--languages", "en", "de", "--max-steps", "2", "max_train_examples=16",
+                 "batch_size=8", "eval_batch_size=100", "max_seq_length=64"]) == 0
     finetuned = json.loads((out / "pawsx" / "seed1" / "results.json").read_text())
     weights = {"model.safetensors": sha256_file(snapshot / "model.safetensors")}
     assert finetuned["model"] == {"path": str(snapshot), "name": NAME, "revision": COMMIT,

@@ -654,7 +654,7 @@ def test_finetune_and_evaluate_refuse_weights_that_do_not_fit(tiny_pretrained_di
 
     model = _broken_copy(tiny_pretrained_dir, tmp_path, edit)
     args = {"finetune": ["finetune", "--task", "pawsx", "--languages", "de", "en", "--max-steps", "1",
-                         "--set", "max_train_examples=8", "--set", "batch_size=4", "--seeds", "1"],
+                         "max_train_examples=8", "batch_size=4", "--seeds", "1"],
             "evaluate": ["evaluate", "--task", "tatoeba", "--languages", "de"]}[command]
     assert cli.main([*args, "--model", str(model), "--out", str(tmp_path / "out")]) == 2
     (err,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # one line
@@ -665,7 +665,8 @@ def test_finetune_and_evaluate_refuse_weights_that_do_not_fit(tiny_pretrained_di
 def test_skipped_qa_questions_name_the_file_and_the_ids(tiny_tokenizer_dir, caplog):
     from transformers import AutoTokenizer
 
-    from veco2.xtreme.finetune import QuestionAnswering, resolve_hyperparameters
+    from veco2.xtreme.families import QuestionAnswering
+    from veco2.xtreme.finetune import resolve_hyperparameters
     from veco2.xtreme.registry import get_task
 
     task = get_task("xquad")

@@ -22,7 +22,7 @@ import pytest
 from veco2.errors import InputError
 from veco2.report import build_report, load_results
 from veco2.report.html import external_references
-from veco2.report.tables import (MISSING, ablation_table, cost_table, main_table, per_language_table,
+from veco2.report.tables import (MISSING, ablation_table, cost_table, main_table, per_language_table, probe_table,
                                  significance)
 
 TREE = Path(__file__).parent / "data" / "results_tree"
@@ -143,6 +143,31 @@ def test_cost_table(tree):
     assert list(cost_table(tree).display["Wall time"]) == ["0:01:40", "0:02:05", "0:03:20", "0:04:10"]
 
 
+def test_cost_is_cpu_time_per_token_when_recorded_and_ignores_a_distorted_wall_clock(tmp_path):
+    """With CPU times in summary.json the cost ratio is theirs: mlm_tok's tokens/s collapsing (it shared
+    its cores) does not make it dear; a run without CPU times falls back to the wall ratio, marked."""
+    import json
+    import shutil
+
+    root = tmp_path / "tree"
+    shutil.copytree(TREE, root)
+    cpu = {"mlm": 0.002, "mlm_seq": 0.0024, "mlm_tok": 0.0021}  # CPU s per token; mlm_seq_tok: none recorded
+    for variant, seconds in cpu.items():
+        path = root / "pretrain" / variant / "summary.json"
+        summary = json.loads(path.read_text())
+        summary.update(median_cpu_seconds_per_token=seconds, torch_threads=1)
+        if variant == "mlm_tok":
+            summary["median_tokens_per_s"] = summary["median_tokens_per_s"] / 16.7  # wall clock under contention
+        path.write_text(json.dumps(summary))
+    table = cost_table(load_results(root))
+    num, disp = table.numeric, table.display
+    assert list(num["relative_cost"]) == pytest.approx([1.0, 1.2, 1.05, 2.5])
+    assert list(num["relative_cost_measure"]) == ["cpu", "cpu", "cpu", "wall"]
+    assert list(disp["Cost vs mlm (×)"]) == ["1.00", "1.20", "1.05", "2.50 (wall)"]
+    assert list(disp["CPU s / 1k tokens"]) == ["2.000", "2.400", "2.100", MISSING]
+    assert "CPU time of the training process" in table.notes[0]
+
+
 def test_retrieval_by_layer_and_sweeps_loaded(tree):
     layers = tree.by_layer[(tree.by_layer["variant"] == "mlm") & (tree.by_layer["task"] == "bucc2018")]
     assert dict(zip(layers["layer"], layers["score"])) == pytest.approx({0: 30.0, 1: 35.0, 2: 40.0})
@@ -168,13 +193,14 @@ def test_outputs_written(full_report):
     assert "| mlm_tok " in md and "71.5 ± 2.0 (+1.5 n.s.)" in md
     csv = pd.read_csv(out / "tables" / "main.csv")
     assert _row(csv, "model", "mlm_seq")["Avg"] == pytest.approx(60.0)
-    for name in ("ablation_bars", "delta_heatmap", "loss_curves", "retrieval_by_layer", "sweep_seq_weight"):
+    for name in ("ablation_bars", "delta_heatmap", "loss_curves", "retrieval_by_layer", "word_translation_by_layer",
+                 "sweep_seq_weight"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:2000]
     assert (out / "missing.txt").read_text(encoding="utf-8") == ""
     html = full_report.html.read_text(encoding="utf-8")
     assert 'id="table-main"' in html and "mBERT (reported)" in html
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 6
     assert external_references(html) == []
     assert "http://" not in html and "https://" not in html
     assert "0123456789abcdef" in html and "cfg-mlm_seq" in html  # provenance of the runs
@@ -319,7 +345,7 @@ def test_notebook_executes(tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "4 variants: mlm, mlm_seq, mlm_tok, mlm_seq_tok" in text
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 6
     html_tables = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "70.0 ± 1.0" in html_tables
 
@@ -480,3 +506,80 @@ def test_an_added_variant_is_in_every_table_and_the_reference_is_a_setting(tmp_p
     assert _row(table.numeric, "variant", "mlm")["XNLI Δ"] == pytest.approx(-2.0)
     assert _row(table.numeric, "variant", "mlm_seq_half")["XNLI Δ"] == pytest.approx(0.0)
     assert _row(cost_table(against_seq).numeric, "variant", "mlm")["relative_cost"] == pytest.approx(0.8)
+
+
+def _write_run(root, variant, task, seed, languages, correct: dict):
+    """A results.json and its example_statistics.json, consistent with each other."""
+    import numpy as np
+
+    from veco2.xtreme import aggregate
+    from veco2.xtreme.metrics import ExampleStatistics
+    from veco2.xtreme.results import RunResult, write_example_statistics
+
+    seed_dir = root / "xtreme" / variant / task / f"seed{seed}"
+    stats = {lang: ExampleStatistics("mean", ["accuracy"], np.asarray(correct[lang], float)[:, None])
+             for lang in languages}
+    scores = {lang: s.score() for lang, s in stats.items()}
+    summary = aggregate.task_score(scores, task, languages=languages)
+    write_example_statistics(seed_dir, stats)
+    RunResult(task=task, languages=languages, seed=seed, scores=scores, task_score=summary["score"],
+              data={"demo": False}).write(seed_dir / "results.json")
+
+
+def test_ablation_deltas_carry_paired_bootstrap_intervals_that_decide_significance(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    languages = ["en", "de"]
+    base = {lang: rng.integers(0, 2, 300) for lang in languages}
+    for seed in (1, 2, 3):
+        fixed = {lang: np.where(rng.random(300) < 0.4, 1, base[lang]) for lang in languages}  # +~20 points
+        noise = {lang: base[lang].copy() for lang in languages}
+        for lang in languages:
+            noise[lang][rng.choice(300, 3, replace=False)] ^= 1  # 3 of 300 answers differ
+        _write_run(tmp_path, "mlm", "xnli", seed, languages, base)
+        _write_run(tmp_path, "mlm_seq", "xnli", seed, languages, fixed)
+        _write_run(tmp_path, "mlm_tok", "xnli", seed, languages, noise)
+    tree = load_results(tmp_path)
+    table = ablation_table(tree)
+    seq, tok = _row(table.numeric, "variant", "mlm_seq"), _row(table.numeric, "variant", "mlm_tok")
+    assert seq["XNLI significant"] is True and seq["XNLI Δ low"] > 0
+    assert tok["XNLI significant"] is False and tok["XNLI Δ low"] < 0 < tok["XNLI Δ high"]
+    assert seq["XNLI Δ low"] < seq["XNLI Δ"] < seq["XNLI Δ high"]
+    cell = _row(table.display, "Variant", "mlm_seq")["XNLI"]
+    assert cell.endswith("]*)") and " [+" in cell
+    assert "paired bootstrap interval over test examples and seeds (1000 resamples, seed 0)" in table.notes[0]
+    main = main_table(tree, references=False)
+    mlm = _row(main.numeric, "model", "mlm")
+    assert mlm["XNLI low"] < mlm["XNLI"] < mlm["XNLI high"]
+
+
+def test_probe_table_gives_word_translation_deltas_with_intervals(tmp_path):
+    import json
+    import shutil
+
+    import numpy as np
+
+    root = tmp_path / "tree"
+    shutil.copytree(TREE, root)
+    rng = np.random.default_rng(0)
+    base = {lang: rng.integers(0, 2, (150, 2)) for lang in ("de", "zh")}
+    better = {lang: np.maximum(rows, (rng.random((150, 2)) < 0.4).astype(int)) for lang, rows in base.items()}
+    for variant, rows in (("mlm", base), ("mlm_tok", better), ("mlm_seq", base)):
+        path = root / "pretrain" / variant / "summary.json"
+        summary = json.loads(path.read_text())
+        by_layer = {str(layer): {lang: 100 * r.mean() for lang, r in rows.items()} for layer in (0, 1)}
+        for scores in by_layer.values():
+            scores["mean"] = sum(scores.values()) / 2
+        summary["word_translation"] = {"layer": 1, "items": {lang: 150 for lang in rows}, "by_layer": by_layer,
+                                       "correct": {str(layer): {lang: r.tolist() for lang, r in rows.items()}
+                                                   for layer in (0, 1)}}
+        path.write_text(json.dumps(summary))
+    table = probe_table(load_results(root))
+    tok, seq = _row(table.numeric, "variant", "mlm_tok"), _row(table.numeric, "variant", "mlm_seq")
+    expected = np.mean([100 * (better[lang].mean() - base[lang].mean()) for lang in ("de", "zh")])
+    assert tok["word_translation Δ mlm"] == pytest.approx(expected)
+    assert tok["word_translation Δ mlm significant"] is True and tok["word_translation Δ mlm low"] > 0
+    assert seq["word_translation Δ mlm"] == pytest.approx(0.0) and seq["word_translation Δ mlm significant"] is False
+    assert _row(table.display, "Variant", "mlm_tok")["Δ mlm"].endswith("]*")
+    assert np.isnan(_row(table.numeric, "variant", "mlm_seq_tok")["word_translation"])  # no probe recorded

@@ -122,7 +122,7 @@ def test_evaluate_tatoeba_writes_xtreme_direction_and_its_predictions(tiny_pretr
     """run_evaluate end to end with the encoder replaced by hand-placed sentence vectors."""
     from test_xtreme_data import DE, EN, FR, write_tiny_layout
 
-    from veco2.xtreme import evaluate
+    from veco2.xtreme import retrieval_run
 
     # xx: x0 0deg, x1 90deg; en: e0 60deg, e1 80deg.
     # en -> xx: e0 -> x1 (30deg, wrong), e1 -> x1 (10deg, right): 50 %, predictions 1, 1.
@@ -132,10 +132,10 @@ def test_evaluate_tatoeba_writes_xtreme_direction_and_its_predictions(tiny_pretr
     def fake_encode(sentences, model, tokenizer, *, layers, **kwargs):
         return {layer: np.stack([place[s] for s in sentences]).astype(np.float32) for layer in layers}
 
-    monkeypatch.setattr(evaluate, "encode", fake_encode)
+    monkeypatch.setattr(retrieval_run, "encode", fake_encode)
     root = write_tiny_layout(tmp_path / "xtreme")
     out = tmp_path / "out"
-    record = evaluate.run_evaluate("tatoeba", tiny_pretrained_dir, out, data_root=root, languages=["de", "fr"])
+    record = retrieval_run.run_evaluate("tatoeba", tiny_pretrained_dir, out, data_root=root, languages=["de", "fr"])
     assert record["scores"] == {lang: {"accuracy": 50.0, "accuracy_xx_to_en": 100.0} for lang in ("de", "fr")}
     assert record["task_score"] == 50.0  # the headline direction only
     predictions = out / "tatoeba" / "seed0" / "predictions" / "tatoeba" / "test-de.tsv"

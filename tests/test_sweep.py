@@ -32,7 +32,7 @@ def tiny_sweep_yaml(path: Path, corpus: Path, **changes) -> Path:
     overrides.update({"data.languages": ["de", "zh"]})
     data = {
         "name": "tiny",
-        "pretrain": {"profile": [], "ablation": str(REPO / "ablations/mlm_seq_tok.yaml"), "overrides": overrides},
+        "pretrain": {"configs": [], "ablation": str(REPO / "ablations/mlm_seq_tok.yaml"), "overrides": overrides},
         "start": {"steps": 4},
         "trial": {"steps": 4, "report_every": 2},
         "space": {"objectives.seq.temperature": {"low": 0.02, "high": 1.0, "log": True},
@@ -60,9 +60,9 @@ def run_env() -> dict:
 
 def load_study(config: Path, out: Path, study: str, storage: str | None = None):
     sweep = sw.load_sweep(config)
-    st = sweep["storage"]
-    return sw.open_study(sweep, study, sw.open_storage(storage, out, st["heartbeat_interval"], st["grace_period"],
-                                                       st["max_retry"]))
+    st = sweep.settings.storage
+    return sw.open_study(sweep, study, sw.open_storage(storage, out, st.heartbeat_interval, st.grace_period,
+                                                       st.max_retry))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_shipped_sweep_configs_load(name, monkeypatch):
     monkeypatch.chdir(REPO)
     sweep = sw.load_sweep(f"config/sweep/{name}.yaml")
     assert {"objectives.seq.temperature", "objectives.tok.temperature", "objectives.seq.weight",
-            "objectives.tok.weight"} <= set(sweep["space"])
+            "objectives.tok.weight"} <= set(sweep.settings.space)
     assert sweep.base_config().objectives.seq.weight == 1.0  # the mlm_seq_tok ablation
 
 
@@ -124,12 +124,20 @@ def test_sweep_config_errors_name_the_key(tmp_path, small_corpus_dir):
     good = tiny_sweep_yaml(tmp_path / "s.yaml", small_corpus_dir)
     data = yaml.safe_load(good.read_text())
     for change, message in [
-        ({"trial": {"steps": 6, "report_every": 2, "typo": 1}}, r"trial: Additional properties"),
+        ({"trial": {"steps": 6, "report_every": 2, "typo": 1}}, r"b\.yaml: unknown key 'trial\.typo' \(line \d+\)"),
         ({"space": {"objectives.seq.temprature": {"low": 0.1, "high": 1.0}}}, r"space.objectives.seq.temprature"),
         ({"space": {"objectives.seq.pooling": {"choices": ["mean", "max"]}}}, r"objectives.seq.pooling.*'max'"),
         ({"space": {"objectives.seq.temperature": {"low": 0.0, "high": 1.0, "log": True}}}, r"log scale"),
         ({"proxy": {"weights": {"retrieval": 0, "word_translation": 0}}}, r"at least one weight"),
         ({"trial": {"steps": 2, "report_every": 4}}, r"report_every"),
+        ({"proxy": {"pairs": 1}}, r"b\.yaml:\d+: proxy\.pairs: got 1, must be >= 2"),
+        ({"pruner": {"type": "asha"}}, r"b\.yaml:\d+: pruner\.type: got 'asha', expected one of"),
+        ({"start": {"overrides": ["objectives.seq.weight=0"]}}, r"start\.overrides: expected a mapping"),
+        ({"space": {"objectives.seq.temperature": {"low": 0.1}}}, r"temperature: needs both low and high"),
+        ({"space": {"objectives.seq.temperature": {"choices": [0.1], "low": 0.1}}}, r"choices or low and high"),
+        ({"space": {"objectives.seq.temperature": {"low": 0.1, "high": 1.0, "stp": 0.1}}}, r"unknown key\(s\) 'stp'"),
+        ({"space": {"objectives.seq.temperature": {"low": 0.1, "high": 1.0, "step": 0}}}, r"step: got 0, must be > 0"),
+        ({"space": {"objectives.seq.temperature": {"low": "0.1", "high": 1.0}}}, r"low: got '0\.1', expected a number"),
     ]:
         broken = {**data, **change}
         (tmp_path / "b.yaml").write_text(yaml.safe_dump(broken))

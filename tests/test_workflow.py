@@ -54,7 +54,8 @@ def expected_counts(n_variants: int, n_seeds: int, prefetch: bool, n_baselines: 
     finetune_tasks, retrieval_tasks = 7, 2  # xnli pawsx udpos panx xquad mlqa tydiqa | bucc2018 tatoeba
     models = n_variants + n_baselines  # baselines are fine-tuned and scored, never pre-trained
     counts = {"prepare_data": 1, "pretrain": n_variants, "finetune": models * finetune_tasks * n_seeds,
-              "evaluate_retrieval": models * retrieval_tasks, "report": 1, "all": 1}
+              "evaluate_retrieval": models * retrieval_tasks, "trivial_baseline": finetune_tasks + retrieval_tasks,
+              "report": 1, "all": 1}
     if prefetch:
         counts["prefetch_xtreme"] = 1
     counts["total"] = sum(counts.values())
@@ -96,10 +97,10 @@ def test_sweep_target_plans_workers_sharing_one_study(tmp_path):
     proc = snakemake("-n", "-p", "sweep_all", "--directory", str(tmp_path),
                      "--configfile", str(REPO / "config" / "demo.yaml"))
     assert job_counts(proc.stdout) == {"sweep_worker": 2, "sweep_best": 1, "sweep_all": 1, "total": 4}
-    workers = re.findall(r"veco2 sweep --storage (\S+) .*--trials (\d+) --worker (w\d)", proc.stdout)
+    workers = re.findall(r"veco2 --threads \d+ sweep --storage (\S+) .*--trials (\d+) --worker (w\d)", proc.stdout)
     assert sorted(workers) == [("results/demo/sweeps/demo/optuna-journal.log", "3", "w0"),
                                ("results/demo/sweeps/demo/optuna-journal.log", "3", "w1")]  # 6 trials / 2
-    assert re.search(r"veco2 sweep --storage \S+ --config \S*config/sweep/demo.yaml --study demo "
+    assert re.search(r"veco2 --threads \d+ sweep --storage \S+ --config \S*config/sweep/demo.yaml --study demo "
                      r"--out results/demo/sweeps/demo --report-only", proc.stdout)
 
 
@@ -262,7 +263,9 @@ def test_end_to_end_tables(e2e_run):
             assert ours.loc[variant, label] == pytest.approx(value, abs=1e-6)
     from veco2.report.tables import REFERENCE_ROWS
 
-    assert main.shape[0] == len(E2E_VARIANTS) + len(REFERENCE_ROWS)  # + the published reference rows
+    # + the trivial baseline row (majority label, most frequent tag, ...) and the published reference rows
+    assert main.shape[0] == len(E2E_VARIANTS) + 1 + len(REFERENCE_ROWS)
+    assert main.loc[main["model"] == "trivial", "source"].tolist() == ["this suite: trivial baseline (no model)"]
     assert (results / "report" / "report.html").stat().st_size > 0
     assert any((results / "report" / "figures").glob("*.png"))
 

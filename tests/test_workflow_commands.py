@@ -43,12 +43,26 @@ def shell_commands(proc) -> list[list[str]]:
 
 
 def veco2_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(launcher prefix, `veco2` arguments) of one job's command."""
+    """(launcher prefix, `veco2` arguments from the sub-command on) of one job's command; the global
+    ``--threads N`` before the sub-command is left out (:func:`job_threads` reads it)."""
     if "veco2" in argv:
         at = argv.index("veco2")
-        return argv[:at], argv[at + 1:]
-    at = argv.index("veco2.cli")  # accelerate launch ... -m veco2.cli
-    return argv[:at + 1], argv[at + 1:]
+        prefix, args = argv[:at], argv[at + 1:]
+    else:
+        at = argv.index("veco2.cli")  # accelerate launch ... -m veco2.cli
+        prefix, args = argv[:at + 1], argv[at + 1:]
+    return prefix, args[2:] if args[:1] == ["--threads"] else args
+
+
+def job_threads(argv: list[str]) -> int | None:
+    """The ``--threads N`` a job's `veco2` command line gives it (None: none)."""
+    at = argv.index("veco2") if "veco2" in argv else argv.index("veco2.cli")
+    return int(argv[at + 2]) if argv[at + 1:at + 2] == ["--threads"] else None
+
+
+def key_value_overrides(args: list[str]) -> list[str]:
+    """The KEY=VALUE overrides of a sub-command's arguments (one block, as the CLI takes them)."""
+    return [arg for i, arg in enumerate(args) if "=" in arg and not args[i - 1].startswith("--")]
 
 
 def option_values(argv: list[str], option: str) -> list[str]:
@@ -143,22 +157,22 @@ def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, scale_com
     seen = set()
     for _prefix, args in jobs:
         task = get_task(option_values(args, "--task")[0])
-        overrides = parse_overrides(option_values(args, "--set"))
+        overrides = parse_overrides(key_value_overrides(args))
         max_steps = option_values(args, "--max-steps")
         if max_steps:
             overrides["max_steps"] = int(max_steps[0])
         hp = resolve_hyperparameters(task, overrides)
         official = task.hyperparameters
         if scale == "demo":
-            assert (hp["max_steps"], hp["max_train_examples"], hp["batch_size"]) == (20, 320, 16)
+            assert (hp.max_steps, hp.max_train_examples, hp.batch_size) == (20, 320, 16)
         else:
-            assert not max_steps and hp["max_steps"] is None and hp["max_train_examples"] is None
-            assert hp["num_train_epochs"] == official["num_train_epochs"]
-            assert hp["batch_size"] == official["batch_size"] == 32
-            assert hp["max_seq_length"] == official["max_seq_length"]
+            assert not max_steps and hp.max_steps is None and hp.max_train_examples is None
+            assert hp.num_train_epochs == official["num_train_epochs"]
+            assert hp.batch_size == official["batch_size"] == 32
+            assert hp.max_seq_length == official["max_seq_length"]
             lr = 3e-5 if (scale == "large" and task.name == "xnli") else official["learning_rate"]
-            assert hp["learning_rate"] == pytest.approx(lr)
-            assert hp["mixed_precision"] == "bf16"
+            assert hp.learning_rate == pytest.approx(lr)
+            assert hp.mixed_precision == "bf16"
         model = option_values(args, "--model")[0]
         seen.add(model)
     expected_models = {f"results/{scale}/pretrain/{v}/model" for v in VARIANTS} | set(config["baselines"])
@@ -273,3 +287,37 @@ def test_the_report_takes_its_reference_variant_from_the_config(scale_commands, 
     path.write_text(yaml.safe_dump(config))
     proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(path), check=False)
     assert proc.returncode != 0 and "report.reference: 'mlm_sq' is not a variant" in proc.stdout + proc.stderr
+
+
+# The rule each sub-command runs in, for the profile's `set-threads`.
+RULE_OF_COMMAND = {"pretrain": "pretrain", "data": "prepare_data", "report": "report", "finetune": "finetune",
+                   "evaluate": "evaluate_retrieval", "trivial": "trivial_baseline"}
+
+
+@pytest.mark.parametrize("scale", ["demo", "base"])
+def test_every_job_runs_on_the_threads_its_rule_is_given(scale, scale_commands):
+    """`threads:` reaches the program (`veco2 --threads N`, which sets torch's, OpenMP's and the
+    tokenizers' threads): without it every co-scheduled job used all cores, and costs measured
+    while two jobs shared them were distorted."""
+    import os
+
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())["set-threads"]
+    seen = set()
+    for argv in scale_commands(scale):
+        _, args = veco2_argv(argv)
+        rule = RULE_OF_COMMAND.get(args[0])
+        if rule is None:
+            continue
+        seen.add(rule)
+        assert job_threads(argv) == min(profile[rule], os.cpu_count()), argv  # snakemake caps threads at --cores
+    assert seen == set(RULE_OF_COMMAND.values())
+
+
+def test_threads_option_sets_torch_and_the_tokenizers_pool(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from veco2 import cli; cli.use_threads(1); import torch; "
+            "print(torch.get_num_threads(), os.environ['RAYON_NUM_THREADS'], os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "1"]

@@ -184,8 +184,8 @@ def test_cli_registers_the_three_commands(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["finetune", "--task", "xnli", "--model", "m", "--out", "o", "--seeds", "1,2",
-                              "--set", "learning_rate=3e-5", "--max-steps", "5"])
-    assert args.seeds == [1, 2] and args.overrides == ["learning_rate=3e-5"] and args.max_steps == 5
+                              "learning_rate=3e-5", "--max-steps", "5"])
+    assert args.seeds == [1, 2] and args.key_value_overrides == ["learning_rate=3e-5"] and args.max_steps == 5
     args = parser.parse_args(["evaluate", "--task", "tatoeba", "--model", "m", "--out", "o", "--layer", "all"])
     assert args.layer == "all" and args.pooling == "mean"
     root = write_tiny_layout(tmp_path / "src")

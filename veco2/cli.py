@@ -11,23 +11,16 @@ import argparse
 import errno
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
+from .cli_text import plain_text
 from .errors import Veco2Error
-
-
-def plain_text(docstring: str) -> str:
-    """A docstring as ``--help`` text: reStructuredText roles (``:mod:`x```), double backticks and the
-    ``::`` of literal blocks become plain text."""
-    text = re.sub(r":(?:mod|func|class|data|meth|attr):`~?([^`]+)`", r"\1", docstring)
-    return text.replace("``", "").replace("::\n", ":\n")
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
-                        help="config file(s), later ones override earlier ones (e.g. a scale profile, then "
+                        help="config file(s), later ones override earlier ones (e.g. a scale's pre-training config, then "
                              "an ablation variant)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides such as training.max_steps=100 objectives.seq.weight=0.5")
@@ -55,6 +48,8 @@ def cmd_pretrain(args) -> None:
 def cmd_data_prepare(args) -> None:
     from .trainer import prepare_data
 
+    if args.workers is not None:
+        args.overrides = [*args.overrides, f"data.prepare_workers={args.workers}"]
     cfg = _load(args)
     tokenizer, shards = prepare_data(cfg, Path(args.out))
     print(f"{args.out}: tokenizer with {len(tokenizer)} pieces; {shards.num_mono} monolingual and "
@@ -62,13 +57,13 @@ def cmd_data_prepare(args) -> None:
 
 
 def cmd_data_build_demo(args) -> None:
-    from .data import demo_build
+    from .demo import corpus as demo_corpus
 
-    demo_build.main(args.rest)
+    demo_corpus.main(args.rest)
 
 
 def cmd_data_build_demo_tasks(args) -> None:
-    from .data import demo_tasks
+    from .demo import tasks as demo_tasks
 
     demo_tasks.main(args.rest)
 
@@ -106,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_PrintVersion, help="print the versions of veco2 and its main libraries")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--log-level", default=os.environ.get("VECO2_LOG_LEVEL", "INFO"))
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of this job: torch's intra-op threads, OpenMP/MKL and the tokenizers' "
+                             "thread pool (the workflow passes each rule's `threads:`; default: the libraries' own)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="corpus, tokenizer and shards").add_subparsers(dest="data_command",
@@ -113,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = data.add_parser("prepare", help="train/load the tokenizer and build the pre-tokenized shards")
     _config_arguments(prepare)
     prepare.add_argument("--out", required=True, help="directory for tokenizer/ and shards/")
+    prepare.add_argument("--workers", type=int, metavar="N",
+                         help="processes that tokenize and mine (data.prepare_workers; the shards do not depend on it)")
     prepare.set_defaults(func=cmd_data_prepare)
     for name, func, text in (("build-demo", cmd_data_build_demo, "rebuild the embedded demo corpus from Debian packages"),
                              ("build-demo-tasks", cmd_data_build_demo_tasks, "rebuild the embedded demo XTREME task data")):
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", help="output directory (default results/pretrain/NAME)")
     pretrain.set_defaults(func=cmd_pretrain)
 
-    from . import bench_cli, sweep_cli
+    from .bench import cli as bench_cli
+    from .sweep import cli as sweep_cli
     from .report import cli as report_cli
     from .xtreme import cli as xtreme_cli
 
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        use_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
@@ -159,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
         print("veco2: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def use_threads(count: int) -> None:
+    """Run this process on ``count`` CPU threads: torch's intra-op pool and, through their
+    environment variables (read when the libraries start their pools, so set before any
+    tokenization), OpenMP, MKL and the Rust thread pool of Hugging Face ``tokenizers``."""
+    if count < 1:
+        raise SystemExit(f"veco2: error: --threads {count}: must be at least 1")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS"):
+        os.environ[name] = str(count)
+    import torch
+
+    torch.set_num_threads(count)
 
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

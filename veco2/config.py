@@ -64,13 +64,34 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "demo"
+    corpus: str | None = "demo"
     """``demo`` (the embedded corpus), or a directory in the same layout: parallel pairs
     ``parallel/{train,dev,test}/en-LANG.tsv``, ``.jsonl`` or Moses ``en-LANG.en`` + ``en-LANG.LANG``;
     monolingual text ``mono/LANG.txt`` or ``.jsonl``; dictionaries ``dict/en-LANG.tsv``, MUSE-style
-    ``.txt`` or FreeDict ``.tei``; each optionally gzipped (``docs/reliability.md``)."""
+    ``.txt`` or FreeDict ``.tei``; each optionally gzipped (``docs/reliability.md``).  ``null`` (or
+    ``""``): no corpus directory, the ``sources`` alone."""
+    sources: list[dict] = field(default_factory=list)
+    """More corpora, read after the corpus directory: a list of mappings, one source each (``role``:
+    mono | parallel | dict; ``kind``: hub | files; the other keys in ``veco2.data.sources.SourceConfig``
+    and ``docs/data.md#sources``)."""
     languages: list[str] = field(default_factory=list)
-    """Non-English languages to use; empty = every language the corpus has."""
+    """Non-English languages to use; empty = every language the corpus has (required without a
+    corpus directory)."""
+    dedup: bool = False
+    """Drop repeated monolingual sentences and repeated pairs of each language (compared after case
+    folding and whitespace normalisation; counted skips).  Off by default so that the shards of a
+    corpus prepared before this option stay the same; on in the base and large configs."""
+    max_chars: int | None = None
+    """Drop sentences (pairs: either side) longer than this many characters (counted); null: no bound."""
+    min_script_share: float | None = None
+    """Drop sentences of a language whose share of letters in that language's script (pairs: also the
+    English side in Latin) is below this (``veco2.data.sources.LANGUAGES``; counted); null: off."""
+    prepare_workers: int = _bookkeeping(1)
+    """Processes that tokenize and mine the chunks (``veco2 data prepare --workers``); 1 = in this
+    process.  The shards are byte-identical whatever the number."""
+    prepare_chunk_size: int = _bookkeeping(50000)
+    """Records per chunk of a (role, language) stream: the unit of parallel work and of resumption
+    (the shards do not depend on it)."""
     tokenizer: str = "train"
     """``train``: train a Unigram tokenizer on the corpus; otherwise a tokenizer path or hub name."""
     vocab_size: int = 8000
@@ -78,6 +99,11 @@ class DataConfig:
     """Maximum tokens of one side of an instance (a TLM instance holds two sides)."""
     bilingual_ratio: float = 0.5
     """Share of bilingual (parallel-pair) instances in each batch; the rest are monolingual."""
+    language_sampling_alpha: float = 0.3
+    """Exponent of the smoothed language sampling of each stream (monolingual; bilingual): language
+    ``l`` is drawn with probability ``p_l^α / Σ_k p_k^α``, ``p_l`` its share of the instances (XLM-R,
+    arXiv 1911.02116, §3.1, α = 0.3; ``veco2.data.batching.epoch_slots``).  1 = in proportion to the
+    data; smaller values draw small languages more often."""
     packing: bool = True
     """Pack several sequences into one row with block-diagonal attention and restarted positions
     (about 1.5 % padding on the demo corpus instead of 25-70 %; benchmarks/RESULTS.md)."""
@@ -124,11 +150,11 @@ class SequenceContrastiveConfig:
     """Sentence vector: mean over the pooled tokens (XTREME retrieval's pooling) or the first token."""
     pool_special_tokens: bool = True
     """Mean pooling includes ``<s>``/``</s>`` of each side, as the retrieval evaluation
-    (``veco2.xtreme.evaluate.encode``: every non-pad token) does; ``False``: content tokens only
+    (``veco2.xtreme.retrieval_run.encode``: every non-pad token) does; ``False``: content tokens only
     (reconstruction)."""
     layer: int | None = None
     """Hidden layer to pool (0 = embeddings, -1 = last).  ``None`` (default): the retrieval layer
-    (``evaluation.retrieval_layer``, else ``veco2.xtreme.evaluate.default_layer``: 2/3 of the
+    (``evaluation.retrieval_layer``, else ``veco2.xtreme.retrieval_run.default_layer``: 2/3 of the
     depth, XTREME's 8 of 12), so training aligns the layer that retrieval reads (reconstruction)."""
     projection: int | None = None
     symmetric: bool = True
@@ -276,7 +302,11 @@ class EvaluationConfig:
     """Layer for sentence retrieval (None: about 2/3 of the depth, as XTREME's 8 of 12)."""
     retrieval_pooling: Literal["mean", "cls"] = "mean"
     heldout_pairs: int = 500
-    """Held-out en–X dev pairs per language for the retrieval check after pre-training."""
+    """Held-out en–X dev pairs per language for the retrieval check after pre-training (and the pairs
+    the word-translation probe looks for dictionary words in)."""
+    word_translation_words: int = 200
+    """Word pairs per language of the word-translation probe after pre-training (``veco2.probes``:
+    dictionary entries in held-out pairs that never were a training synonym pair); 0 = no probe."""
 
 
 @dataclass
@@ -355,6 +385,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise fail
         (item_type,) = typing.get_args(tp)
         return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is dict:  # a mapping checked by its reader (data.sources: veco2.data.sources.parse_sources)
+        if not isinstance(value, dict):
+            raise fail
+        return value
     if tp is type(None):
         if value is not None:
             raise fail
@@ -427,7 +461,7 @@ _POSITIVE = ("data.vocab_size", "data.max_length", "data.bucket_window", "traini
              "objectives.tok.temperature", "objectives.seq.queue_size", "evaluation.heldout_pairs")
 _NON_NEGATIVE = ("training.lr", "training.weight_decay", "training.warmup_steps", "training.clip_grad_norm",
                  "training.max_nonfinite_skips", "data.num_workers")
-_FRACTIONS = ("data.bilingual_ratio", "objectives.mlm.rate", "objectives.seq.momentum", "model.dropout")
+_FRACTIONS = ("data.bilingual_ratio", "data.language_sampling_alpha", "objectives.mlm.rate", "objectives.seq.momentum", "model.dropout")
 
 
 #: A trained tokenizer needs room for pieces after <s> <pad> </s> <unk> <mask>.

@@ -1,23 +1,10 @@
 """Pin a GPU job to its own device on a multi-GPU machine: ``python -m veco2.devices -- COMMAND ...``.
 
-Snakemake 9 counts GPUs (``resources: gpu=1`` with a global ``--resources gpu=N``) so that at most
-N GPU jobs run at once, but it does not say *which* device a job gets (snakemake/snakemake#281 is
-still open).  Without help every job would start on device 0.  This wrapper closes the gap:
-
-1. the device pool is ``$CUDA_VISIBLE_DEVICES`` when it is set (a Slurm allocation, or a user
-   restricting the run), otherwise every GPU that ``nvidia-smi -L`` lists;
-2. it takes an exclusive, non-blocking ``flock`` on one lock file per device
-   (``$VECO2_GPU_LOCK_DIR``, default ``<tmp>/veco2-gpu-locks-<uid>``) and waits, polling, while all
-   devices are taken;
-3. it *replaces itself* (``exec``) with the command, ``CUDA_VISIBLE_DEVICES`` set to the device(s)
-   it locked.  The lock file descriptors are inherited, so the command holds the locks until it
-   exits; the kernel drops them however it ends, so a killed job never leaves a device blocked.
-   Signals (Snakemake cancelling, a Slurm time limit) reach the command directly.
-
-With no GPU at all (the CPU demo) the command runs unchanged.
-
-Options: ``--count K`` devices per job (default 1), ``--poll SECONDS`` (default 2).
-The exit status is the command's (127-style errors if it cannot be started).
+Snakemake counts GPUs but does not say which device a job gets (snakemake/snakemake#281), so this
+wrapper takes a ``flock`` on a free device of the pool (``$CUDA_VISIBLE_DEVICES``, else the GPUs of
+``nvidia-smi -L``) and replaces itself with the command, ``CUDA_VISIBLE_DEVICES`` set to that device;
+the lock ends with the command.  Without a GPU the command runs unchanged.  Options and detail:
+``docs/workflow.md#gpu-pinning-veco2devices``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import errno
 import functools
 import gzip
 import json
+import lzma
 import math
 import os
 import re
@@ -47,7 +48,8 @@ def fault_point(name: str) -> None:
     Points in the code base: ``write:FILENAME`` (inside :func:`atomic_write`, after the data is
     written to the temporary file and before the rename), ``pretrain-step:N`` (after optimizer
     step N and its checkpoint, if any), ``checkpoint:N`` (half-way through writing checkpoint N),
-    ``pretrain-finish`` (final model saved, summary not yet written), ``finetune-step:N``.
+    ``pretrain-finish`` (final model saved, summary not yet written), ``finetune-step:N``,
+    ``prepare-part:NAME`` (a shard part of data preparation written, the next not started).
     """
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -225,7 +227,7 @@ def read_text(path: str | Path) -> str:
 
 
 def open_text(path: str | Path) -> IO[bytes]:
-    """Open a text file for reading bytes, through gzip when its name ends in ``.gz``.
+    """Open a text file for reading bytes, through gzip or xz when its name ends in ``.gz`` or ``.xz``.
 
     A gzip stream in a file without the ``.gz`` suffix is an error that says so (read as text it would
     be a "NUL byte" or "invalid UTF-8" error that hides the cause).
@@ -234,6 +236,8 @@ def open_text(path: str | Path) -> IO[bytes]:
     try:
         if path.suffix == ".gz":
             return gzip.open(path, "rb")
+        if path.suffix == ".xz":
+            return lzma.open(path, "rb")
         handle = open(path, "rb")
     except OSError as err:
         raise InputError(path, None, f"cannot read ({err.strerror})") from None
@@ -258,7 +262,7 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 raw = next(lines)
             except StopIteration:
                 return
-            except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt .gz
+            except (EOFError, OSError, zlib.error, lzma.LZMAError) as err:  # truncated or corrupt .gz / .xz
                 raise InputError(path, number + 1, f"corrupt compressed file ({type(err).__name__}: {err})") from None
             number += 1
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):

@@ -38,7 +38,7 @@ from .errors import Veco2Error
 from .pretrained import resolve_pretrained
 from .weights import load_checked
 from .objectives import OBJECTIVES, IGNORE_INDEX, ObjectiveContext, drop_masked_positions, momentum_update
-from .xtreme.evaluate import default_layer
+from .xtreme.retrieval_run import default_layer
 
 log = logging.getLogger(__name__)
 

@@ -432,7 +432,7 @@ class SequenceContrastive(Objective):
             non-pad token, ``<s>`` and ``</s>`` included, when the trainer's masks include them:
             ``pool_special_tokens``) or "cls" (first token, InfoXLM).  Reconstruction.
         layer=None: hidden layer the model passes; None is the retrieval layer (2/3 of the
-            depth, ``veco2.xtreme.evaluate.default_layer``), resolved by :meth:`from_config` to
+            depth, ``veco2.xtreme.retrieval_run.default_layer``), resolved by :meth:`from_config` to
             an index 0 .. L, so the loss shapes the layer that retrieval reads (InfoXLM XLCo used
             layer 8 of 12).
         similarity="cosine": "cosine" (normalised vectors) or "dot" (InfoXLM).

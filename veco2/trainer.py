@@ -38,6 +38,7 @@ from .checkpoint import checkpoints, export_encoder, gather_model_state, load_ch
 from .config import Config, save_config, weights_hash
 from .data.batching import SpecialTokens, StepBatches, StepSampler, sequence_lengths, step_seed
 from .data.corpus import Corpus
+from .data.sources import CorpusSources
 from .data.shards import PretrainingShards, build_shards
 from .data.tokenizer import load_tokenizer, train_unigram_tokenizer
 from .errors import Veco2Error
@@ -45,8 +46,9 @@ from .fileio import append_jsonl, atomic_write, fault_point, read_json, read_jso
 from .model import Veco2ForPretraining, build_encoder, count_parameters, flops_per_token
 from .objectives import IGNORE_INDEX, combine_losses
 from .pretrained import hub_origin, resolve_pretrained
+from .probes import word_translation_probe
 from .provenance import config_hash, provenance
-from .xtreme.evaluate import default_layer
+from .xtreme.retrieval_run import default_layer
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +62,22 @@ PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
 
 
 def prepare_data(cfg: Config, out_dir: str | Path) -> tuple[object, PretrainingShards]:
-    """Train or load the tokenizer and build (or reuse) the pre-tokenized shards."""
+    """Train or load the tokenizer and build (or reuse) the pre-tokenized shards of the corpus
+    directory and the sources (``data.corpus``, ``data.sources``)."""
     out_dir = Path(out_dir)
-    corpus = Corpus(cfg.data.corpus)
-    languages = cfg.data.languages or corpus.languages()
-    unknown = sorted(set(languages) - set(corpus.languages()))
-    if unknown:
-        raise Veco2Error(f"data.languages: {', '.join(unknown)} not in corpus {corpus.root} "
-                         f"(it has: {', '.join(corpus.languages())})")
+    sources = CorpusSources(cfg.data)
+    languages = sources.languages(cfg.data.languages)
     if cfg.data.tokenizer == "train":
         tokenizer_dir = out_dir / "tokenizer"
         if not (tokenizer_dir / "tokenizer.json").exists():
-            texts = [s for lang in ["en", *languages] for s in corpus.monolingual(lang)]
+            texts = [s for lang in ["en", *languages] for s in sources.training_text(lang, cfg.data)]
             train_unigram_tokenizer(texts, vocab_size=cfg.data.vocab_size, out_dir=tokenizer_dir)
         tokenizer = load_tokenizer(tokenizer_dir)
     else:
         tokenizer = load_tokenizer(cfg.data.tokenizer)
     shard_dir = Path(cfg.data.shard_dir) if cfg.data.shard_dir else out_dir / "shards"
     if not (shard_dir / "manifest.json").exists():
-        build_shards(corpus, tokenizer, languages, cfg.data.max_length, shard_dir)
+        build_shards(sources, tokenizer, languages, cfg.data.max_length, shard_dir, cfg.data)
     shards = PretrainingShards.open(shard_dir)
     cut = {lang: m["truncated"] for lang, m in shards.manifest.get("mono", {}).items() if m.get("truncated")}
     if cut:  # the data card (manifest.json) holds the counts; say so in the run's log too
@@ -121,11 +120,12 @@ def _rewind_metrics(path: Path, step: int) -> None:
 # Evaluation
 
 
-def heldout_retrieval(encoder, tokenizer, corpus: Corpus, languages: list[str], layer: int, pooling: str,
-                      pairs_per_language: int) -> dict[str, float]:
-    """Tatoeba-style accuracy (percent, both directions averaged) on held-out dev pairs per language,
-    with the sentence vectors of XTREME's retrieval tasks (``veco2.xtreme.evaluate.encode``)."""
-    from .xtreme.evaluate import encode
+def heldout_retrieval(encoder, tokenizer, corpus: Corpus | CorpusSources, languages: list[str], layer: int,
+                      pooling: str, pairs_per_language: int) -> dict[str, float]:
+    """Tatoeba-style accuracy (percent, both directions averaged) on held-out dev pairs per language
+    (``corpus.parallel(lang, "dev")``: the corpus's dev split, or with ``data.sources`` the
+    ``heldout_split`` of a parallel hub source), with the sentence vectors of XTREME's retrieval tasks."""
+    from .xtreme.retrieval_run import encode
     from .xtreme.retrieval import tatoeba_accuracy
 
     scores = {}
@@ -238,7 +238,9 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         forward = torch.compile(model) if t.compile else model  # checkpoints use the uncompiled module's names
         sampler = StepSampler(shards.num_mono, shards.num_bi, shards.mono_lengths(), shards.bi_lengths(),
                               t.batch_size, cfg.data.bilingual_ratio, t.seed, cfg.data.bucket_by_length,
-                              cfg.data.bucket_window, rank=accelerator.process_index, world=accelerator.num_processes)
+                              cfg.data.bucket_window, rank=accelerator.process_index, world=accelerator.num_processes,
+                              mono_languages=shards.languages("mono"), bi_languages=shards.languages("bi"),
+                              language_alpha=cfg.data.language_sampling_alpha)
         negatives = log_contrastive_negatives(core, sampler.n_bi, accelerator.num_processes)
         weights = cfg.objectives.weights()
         if t.tensorboard:
@@ -252,7 +254,8 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         progress = tqdm(total=t.max_steps, initial=state["step"], disable=not accelerator.is_main_process,
                         desc=f"pretrain {cfg.name}")
         model.train()
-        window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "steps": 0}
+        window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "cpu_seconds": 0.0,
+                  "steps": 0}
         steps_this_run = 0
         # Batches are built ahead by data.num_workers background processes (0: in this process),
         # identical either way (each is a pure function of its step); pinned for the GPU copy.
@@ -265,7 +268,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         batches = iter(loader)
         while state["step"] < t.max_steps and (t.max_tokens is None or state["tokens"] < t.max_tokens):
             step = state["step"]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             terms_sum: dict[str, float] = {}
             nonfinite = None
             step_tokens = 0
@@ -312,6 +315,9 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
             state["tokens"] += step_tokens
             window["tokens"] += step_tokens
             window["seconds"] += time.perf_counter() - started
+            # CPU time of this process (all its threads): unlike wall time, a job that shares its cores
+            # with another is not charged for the time it waits, so costs compare across schedules.
+            window["cpu_seconds"] += time.process_time() - cpu_started
             window["steps"] += 1
             steps_this_run += 1
             progress.update(1)
@@ -323,6 +329,7 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                           "tokens_per_s": tokens_per_s * accelerator.num_processes,
                           "steps_per_s": window["steps"] / window["seconds"] if window["seconds"] else 0.0,
+                          "cpu_seconds_per_token": window["cpu_seconds"] / max(window["tokens"], 1),
                           "padding_share": 1 - window["tokens"] / max(window["positions"], 1),
                           "tokens_seen": state["tokens"] * accelerator.num_processes}
                 if peak:
@@ -336,7 +343,8 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
                         on_log(record, core)
                 if t.tensorboard:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
-                window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0, "steps": 0}
+                window = {"tokens": 0, "positions": 0, "masked": 0, "span_x_tokens": 0.0, "seconds": 0.0,
+                          "cpu_seconds": 0.0, "steps": 0}
             if state["step"] % t.checkpoint_every == 0 and state["step"] < t.max_steps:
                 save_checkpoint(checkpoint_root, state["step"], model, optimizer, scheduler, state, t.keep_checkpoints)
                 accelerator.wait_for_everyone()
@@ -374,8 +382,15 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state:
     layer = cfg.evaluation.retrieval_layer if cfg.evaluation.retrieval_layer is not None else default_layer(layers)
     languages = [lang for lang in shards.manifest["languages"] if lang != "en"]
     encoder = AutoModel.from_pretrained(model_dir) if sharded else core.encoder.roberta
-    retrieval = heldout_retrieval(encoder, tokenizer, Corpus(cfg.data.corpus), languages, layer,
+    corpus = CorpusSources(cfg.data)
+    retrieval = heldout_retrieval(encoder, tokenizer, corpus, languages, layer,
                                   cfg.evaluation.retrieval_pooling, cfg.evaluation.heldout_pairs)
+    probe = None
+    if cfg.evaluation.word_translation_words:
+        probe = word_translation_probe(encoder, tokenizer, corpus, shards, languages, list(range(layers + 1)),
+                                       cfg.evaluation.heldout_pairs, cfg.data.max_length,
+                                       cfg.evaluation.word_translation_words)
+        probe["layer"] = layer
     metrics = read_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").exists() else []
     first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
     summary = {
@@ -388,8 +403,12 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state:
         "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
         "median_tokens_per_s": statistics.median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]),
         "median_steps_per_s": statistics.median([m["steps_per_s"] for m in metrics[1:]] or [0.0]),
+        "median_cpu_seconds_per_token": statistics.median([m["cpu_seconds_per_token"] for m in metrics[1:]
+                                                           if "cpu_seconds_per_token" in m] or [0.0]),
+        "torch_threads": torch.get_num_threads(),
         "sequence_negatives": negatives,
         "retrieval": {"layer": layer, "pooling": cfg.evaluation.retrieval_pooling, "accuracy": retrieval},
+        "word_translation": probe,
         "shards": {"languages": shards.manifest["languages"], "mono": shards.num_mono, "bilingual": shards.num_bi},
         "init_from": _init_origin(cfg.model.init_from),
         "config": cfg.to_dict(),

@@ -110,12 +110,27 @@ def needs_clean_pass(cfg: Config) -> bool:
         obj.tok.weight > 0 and obj.tok.encoding == "separate")
 
 
+def epoch_slots(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """How many of an epoch's ``counts.sum()`` draws each language gets under exponentially smoothed
+    sampling (XLM-R, Conneau et al. 2020, arXiv 1911.02116, §3.1: ``q_l = p_l^α / Σ_k p_k^α`` with
+    ``p_l = n_l / N``), rounded by largest remainder so that they sum to ``N``.  α < 1 draws small
+    languages more often than their share of the data (repeating them), large ones less often."""
+    counts = np.asarray(counts, dtype=np.float64)
+    shares = (counts / counts.sum()) ** alpha
+    exact = shares / shares.sum() * counts.sum()
+    slots = np.floor(exact).astype(np.int64)
+    remainder = int(counts.sum()) - int(slots.sum())
+    slots[np.argsort(-(exact - slots), kind="stable")[:remainder]] += 1
+    return slots
+
+
 class StepSampler:
     """Instance indices of step ``s`` for process ``rank`` of ``world``."""
 
     def __init__(self, num_mono: int, num_bi: int, mono_lengths: np.ndarray, bi_lengths: np.ndarray,
                  batch_size: int, bilingual_ratio: float, seed: int, bucket_by_length: bool,
-                 bucket_window: int, rank: int = 0, world: int = 1):
+                 bucket_window: int, rank: int = 0, world: int = 1, *, mono_languages: np.ndarray | None = None,
+                 bi_languages: np.ndarray | None = None, language_alpha: float = 1.0):
         self.n_bi = round(batch_size * bilingual_ratio) if num_bi else 0
         self.n_mono = batch_size - self.n_bi if num_mono else 0
         if self.n_bi + self.n_mono == 0:
@@ -125,6 +140,35 @@ class StepSampler:
         self.bucket = bucket_by_length
         self.window = bucket_window if bucket_by_length else 1
         self._cache: dict[tuple[str, int], list[np.ndarray]] = {}
+        # Exponentially smoothed language sampling (XLM-R): alpha = 1 samples each language in
+        # proportion to its data, which one permutation of all instances per epoch already does.
+        self.languages: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
+        for kind, langs in (("mono", mono_languages), ("bi", bi_languages)):
+            if langs is not None and language_alpha != 1.0 and len(langs):
+                members = [np.flatnonzero(langs == lang) for lang in np.unique(langs)]
+                counts = np.array([len(m) for m in members])
+                self.languages[kind] = (members, epoch_slots(counts, language_alpha))
+        self._epochs: dict[tuple[str, int], np.ndarray] = {}
+
+    def _epoch(self, kind: str, epoch: int) -> np.ndarray:
+        """The instances of one epoch of a language-smoothed stream: ``slots[l]`` draws of language
+        ``l`` (cycling through seeded permutations of its instances), then shuffled together."""
+        key = (kind, epoch)
+        if key not in self._epochs:
+            members, slots = self.languages[kind]
+            kind_id = 0 if kind == "mono" else 1
+            drawn = []
+            for lang, (indices, count) in enumerate(zip(members, slots)):
+                positions = np.arange(epoch * count, (epoch + 1) * count)
+                for cycle in np.unique(positions // len(indices)):
+                    perm = np.random.default_rng([self.seed, kind_id, 3, lang, int(cycle)]).permutation(len(indices))
+                    sel = positions[positions // len(indices) == cycle] % len(indices)
+                    drawn.append(indices[perm[sel]])
+            everything = np.concatenate(drawn)
+            order = np.random.default_rng([self.seed, kind_id, 4, epoch]).permutation(len(everything))
+            self._epochs = {k: v for k, v in self._epochs.items() if k[0] != kind or k[1] >= epoch - 1}
+            self._epochs[key] = everything[order]
+        return self._epochs[key]
 
     def _stream(self, kind: str, start: int, count: int) -> np.ndarray:
         """Elements ``start .. start+count`` of the endless stream of per-epoch permutations."""
@@ -132,9 +176,12 @@ class StepSampler:
         positions = np.arange(start, start + count)
         out = np.empty(count, dtype=np.int64)
         for epoch in np.unique(positions // size):
-            perm = np.random.default_rng([self.seed, 0 if kind == "mono" else 1, int(epoch)]).permutation(size)
             sel = positions // size == epoch
-            out[sel] = perm[positions[sel] % size]
+            if kind in self.languages:
+                out[sel] = self._epoch(kind, int(epoch))[positions[sel] % size]
+            else:
+                perm = np.random.default_rng([self.seed, 0 if kind == "mono" else 1, int(epoch)]).permutation(size)
+                out[sel] = perm[positions[sel] % size]
         return out
 
     def _window_batches(self, kind: str, window: int, per_step: int) -> list[np.ndarray]:

@@ -1,5 +1,5 @@
 """A pre-training corpus on disk (``mono/``, ``parallel/``, ``dict/``, in the layout of the embedded
-demo corpus; each part in one of its formats), read through :mod:`veco2.data.readers`.
+demo corpus; each part in one of its formats), read through :mod:`veco2.data.readers` as streams.
 ``corpus="demo"`` is the corpus shipped in the package.  Layout: ``docs/data.md#corpus-layout``.
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError, Veco2Error
 from .readers import (
@@ -28,6 +29,27 @@ def _find(base: Path) -> Path | None:
         if os.path.lexists(candidate):
             return candidate
     return None
+
+
+def checked_records(path: str | Path, records_of: Callable[[ReadStats], Iterable],
+                    keep_stats: Callable[[ReadStats], None] | None = None,
+                    stats: ReadStats | None = None) -> Iterator:
+    """Yield the records of one file, ``records_of(stats)``, as a stream.  At its end, an empty file,
+    or one whose every line is a skip, is an error (a wrong or broken file, not noise); other skips
+    are counted, logged and handed to ``keep_stats`` (for the data card)."""
+    stats = stats if stats is not None else ReadStats()
+    kept = 0
+    for record in records_of(stats):
+        kept += 1
+        yield record
+    if stats.read == 0:
+        raise InputError(path, None, "empty file (no lines)")
+    if not kept:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(stats.skipped.items()))
+        raise InputError(path, None, f"no usable line among {stats.read} ({reasons})")
+    stats.log_summary()
+    if keep_stats is not None:
+        keep_stats(stats)
 
 
 class Corpus:
@@ -57,26 +79,25 @@ class Corpus:
                              f"({', '.join(p.name for p in found)}); keep one")
         return found[0] if found else None
 
+    def missing(self, role: str, lang: str) -> Veco2Error:
+        """The error of a missing ``role`` (mono | parallel) training file of ``lang``."""
+        if role == "mono":
+            return self._missing("mono", lang, MONO_SUFFIXES)
+        return self._missing("parallel/train", f"en-{lang}", PARALLEL_SUFFIXES)
+
     def _missing(self, folder: str, stem: str, suffixes: tuple[str, ...]) -> Veco2Error:
         tried = ", ".join(f"{stem}{suffix}" for suffix in suffixes)
         return Veco2Error(f"{self.root / folder}/{stem}{suffixes[0]}: missing from the corpus "
                           f"(tried {tried}, each also with .gz)")
 
-    def _read(self, path: Path, records_of) -> list:
-        """Read one file; an empty file, or one whose every line is a skip, is an error (a wrong or
-        broken file, not noise), other skips are counted, logged and kept for the data card."""
-        stats = ReadStats()
-        records = list(records_of(stats))
-        if stats.read == 0:
-            raise InputError(path, None, "empty file (no lines)")
-        if not records:
-            reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(stats.skipped.items()))
-            raise InputError(path, None, f"no usable line among {stats.read} ({reasons})")
-        stats.log_summary()
-        self.stats.append(stats)
-        return records
+    def _read(self, path: Path, records_of) -> Iterator:
+        """Stream one file (:func:`checked_records`); its stats are kept for the data card."""
+        return checked_records(path, records_of, self.stats.append)
 
-    def parallel(self, lang: str, split: str = "train") -> list[tuple[str, str]]:
+    def parallel_reader(self, lang: str, split: str = "train") -> tuple[Path, Callable] | None:
+        """``(path, records_of)`` of the en-``lang`` pairs of ``split`` (a Moses pair: its English
+        file), ``records_of(stats)`` yielding the pairs; None when the corpus has no such file.  Two
+        files for one part, or half a Moses pair, are an error."""
         folder, stem = f"parallel/{split}", f"en-{lang}"
         path = self._one_of(folder, stem, PARALLEL_SUFFIXES)
         moses = (_find(self.root / folder / f"{stem}.en"), _find(self.root / folder / f"{stem}.{lang}"))
@@ -89,20 +110,41 @@ class Corpus:
                 raise Veco2Error(f"{have}: Moses file without its other side ({stem}.en and {stem}.{lang} "
                                  "are read together)")
             src, tgt = moses
-            return self._read(src, lambda stats: read_parallel_moses(src, tgt, stats))
+            return src, lambda stats: read_parallel_moses(src, tgt, stats)
         if path is None:
-            raise self._missing(folder, stem, PARALLEL_SUFFIXES)
+            return None
         if path.name.removesuffix(".gz").endswith(".jsonl"):
-            return self._read(path, lambda stats: read_parallel_jsonl(path, "en", lang, stats))
-        return self._read(path, lambda stats: read_parallel(path, stats))
+            return path, lambda stats: read_parallel_jsonl(path, "en", lang, stats)
+        return path, lambda stats: read_parallel(path, stats)
 
-    def monolingual(self, lang: str) -> list[str]:
+    def monolingual_reader(self, lang: str) -> tuple[Path, Callable] | None:
+        """``(path, records_of)`` of the ``lang`` sentences, as :meth:`parallel_reader`."""
         path = self._one_of("mono", lang, MONO_SUFFIXES)
         if path is None:
-            raise self._missing("mono", lang, MONO_SUFFIXES)
+            return None
         if path.name.removesuffix(".gz").endswith(".jsonl"):
-            return self._read(path, lambda stats: read_monolingual_jsonl(path, stats))
-        return self._read(path, lambda stats: read_monolingual(path, stats))
+            return path, lambda stats: read_monolingual_jsonl(path, stats)
+        return path, lambda stats: read_monolingual(path, stats)
+
+    def iter_parallel(self, lang: str, split: str = "train") -> Iterator[tuple[str, str]]:
+        """The en-``lang`` pairs of ``split`` as a stream (a missing file is an error)."""
+        found = self.parallel_reader(lang, split)
+        if found is None:
+            raise self._missing(f"parallel/{split}", f"en-{lang}", PARALLEL_SUFFIXES)
+        return self._read(*found)
+
+    def iter_monolingual(self, lang: str) -> Iterator[str]:
+        """The ``lang`` sentences as a stream (a missing file is an error)."""
+        found = self.monolingual_reader(lang)
+        if found is None:
+            raise self._missing("mono", lang, MONO_SUFFIXES)
+        return self._read(*found)
+
+    def parallel(self, lang: str, split: str = "train") -> list[tuple[str, str]]:
+        return list(self.iter_parallel(lang, split))
+
+    def monolingual(self, lang: str) -> list[str]:
+        return list(self.iter_monolingual(lang))
 
     def dictionary_path(self, lang: str) -> Path | None:
         """The en-``lang`` dictionary file in whichever format it is (None: no dictionary)."""

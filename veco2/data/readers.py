@@ -13,7 +13,7 @@ import unicodedata
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import InputError
 from ..fileio import iter_lines, open_text
@@ -372,57 +372,38 @@ def _tei_entries(parser: ET.XMLPullParser, stats: ReadStats, line: int) -> Itera
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face hub (real runs have network; the offline demo never calls these)
+# Hugging Face hub datasets (rows of ``datasets.load_dataset(..., streaming=True)``)
 # ---------------------------------------------------------------------------------------------
 
 
-def load_hub_parallel(
-    name: str, config: str | None = None, split: str = "train",
-    src_field: str = "translation.en", tgt_field: str | None = None, limit: int | None = None,
-) -> Iterator[tuple[str, str]]:
-    """Yield ``(src, tgt)`` pairs from a local TSV path or a Hugging Face dataset.
-
-    If ``name`` is an existing file it is read with :func:`read_parallel`.  Otherwise
-    ``datasets.load_dataset(name, config, split=split, streaming=True)`` is used and fields are
-    looked up by dotted path (``"translation.en"`` reads ``row["translation"]["en"]``, the
-    layout of OPUS/WMT datasets on the hub).  ``tgt_field`` is required for hub datasets.
-    """
-    if Path(name).exists():
-        yield from read_parallel(name)
-        return
-    if tgt_field is None:
-        raise InputError(name, None, "tgt_field is required when loading a parallel dataset from the hub")
-    for number, row in enumerate(_hub_rows(name, config, split, limit), 1):
-        src, tgt = _field(row, src_field, name, number), _field(row, tgt_field, name, number)
-        if src.strip() and tgt.strip():
-            yield src.strip(), tgt.strip()
-
-
-def load_hub_text(
-    name: str, config: str | None = None, split: str = "train", text_field: str = "text",
-    limit: int | None = None,
-) -> Iterator[str]:
-    """Yield sentences from a local text file (:func:`read_monolingual`) or a hub dataset."""
-    if Path(name).exists():
-        yield from read_monolingual(name)
-        return
-    for number, row in enumerate(_hub_rows(name, config, split, limit), 1):
+def read_hub_monolingual(rows: Iterable[dict], name: str, text_field: str = "text",
+                         stats: ReadStats | None = None) -> Iterator[str]:
+    """Yield the stripped ``text_field`` (a dotted path) of each row of the hub dataset ``name``; the
+    same skips as :func:`read_monolingual`.  A row without the field is an :class:`InputError`."""
+    stats = _stats(stats, name)
+    for number, row in enumerate(rows, 1):
+        stats.read += 1
         text = _field(row, text_field, name, number).strip()
-        if text:
+        if _keep_sentence(text, number, stats):
             yield text
 
 
-def _hub_rows(name: str, config: str | None, split: str, limit: int | None) -> Iterator[dict]:
-    import datasets  # heavy import, only when the hub path is taken
-
-    try:
-        rows = datasets.load_dataset(name, config, split=split, streaming=True)
-    except Exception as err:  # the hub raises many types; the user needs name + reason
-        raise InputError(name, None, f"cannot load hub dataset (config={config!r}, split={split!r}): {err}") from None
-    for number, row in enumerate(rows):
-        if limit is not None and number >= limit:
-            break
-        yield row
+def read_hub_parallel(rows: Iterable[dict], name: str, src_field: str, tgt_field: str,
+                      stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ``(src, tgt)`` from the rows of the hub dataset ``name``, the fields as dotted paths
+    (``"translation.en"`` reads ``row["translation"]["en"]``, the layout of OPUS-100 and WMT on the
+    hub); the same skips as :func:`read_parallel_jsonl`."""
+    stats = _stats(stats, name)
+    for number, row in enumerate(rows, 1):
+        stats.read += 1
+        src = _field(row, src_field, name, number).strip()
+        tgt = _field(row, tgt_field, name, number).strip()
+        reason = _pair_skip(src, tgt)
+        if reason is not None:
+            stats.skip(reason, number)
+            continue
+        stats.kept += 1
+        yield src, tgt
 
 
 def _field(row: dict, dotted: str, name: str, number: int) -> str:
@@ -431,7 +412,9 @@ def _field(row: dict, dotted: str, name: str, number: int) -> str:
         if not isinstance(value, dict) or key not in value:
             raise InputError(name, number, f"row has no field {dotted!r} (fields: {sorted(row)})")
         value = value[key]
-    return str(value)
+    if not isinstance(value, str):
+        raise InputError(name, number, f"field {dotted!r} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _keep_sentence(text: str, number: int, stats) -> bool:

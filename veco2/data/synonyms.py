@@ -242,8 +242,8 @@ class SynonymMiner:
             one-to-many entries.  Entries that normalise to no word (punctuation only) are skipped and
             counted in ``skipped_entries``.
         src_lang, tgt_lang: language codes, used by ``segmentation="auto"``.
-        src_segmentation, tgt_segmentation: ``"auto"`` | ``"space"`` | ``"chars"`` (module docstring).
-        repeats: ``"nearest"`` (default) | ``"all"`` -- how repeated words pair (module docstring).
+        src_segmentation, tgt_segmentation: ``"auto"`` | ``"space"`` | ``"chars"`` (docs/data.md#dictionary-synonym-mining).
+        repeats: ``"nearest"`` (default) | ``"all"`` -- how repeated words pair (docs/data.md#dictionary-synonym-mining).
     """
 
     def __init__(
@@ -595,7 +595,7 @@ class _BatchMiner:
 
 
 #: Pairs up to this many characters per token of ``max_length`` on each side are matched while the
-#: batch is being encoded (module docstring, point 5); longer ones after, on their cut text.
+#: batch is being encoded (docs/data.md#dictionary-synonym-mining, point 5); longer ones after, on their cut text.
 EARLY_MATCH_CHARS_PER_TOKEN = 8
 
 
@@ -644,7 +644,7 @@ def mine_corpus(
             ``2 * batch_size`` texts is encoded in one call (no special tokens).
         num_workers: 1 = in this process (the tokenizer still uses its own threads); more = that many
             processes, each mining whole batches, with at most ``2 * num_workers`` batches in flight.
-        max_length: cut each side to this many tokens before matching (module docstring, point 5;
+        max_length: cut each side to this many tokens before matching (docs/data.md#dictionary-synonym-mining, point 5;
             cut pairs are counted in ``stats.truncated``); None keeps everything.
         stats: if given, updated with the counts of every batch as it is yielded.
         overlap: encode each batch on a helper thread while matching it (the tokenizer releases the
@@ -699,12 +699,30 @@ def pack_spans(per_pair: Sequence[Sequence[tuple[int, int, int, int]]]) -> tuple
 
 
 def save_spans(path: str | Path, spans: np.ndarray, offsets: np.ndarray) -> None:
-    """Write the span arrays atomically to ``path`` (``.npz``, format in the module docstring)."""
+    """Write the span arrays atomically to ``path`` (``.npz``, format in ``docs/data.md``)."""
     spans = np.asarray(spans, dtype=np.int32)
     offsets = np.asarray(offsets, dtype=np.int64)
     _check_spans(path, spans, offsets)
+    savez_reproducible(path, spans=spans, offsets=offsets, format_version=np.int64(SPANS_FORMAT_VERSION))
+
+
+def savez_reproducible(path: str | Path, **arrays: np.ndarray | Path) -> None:
+    """``np.savez`` (uncompressed, the same entries), atomically, with a fixed entry time instead of
+    the clock's, so that the same arrays give the same bytes.  A value may be the path of a ``.npy``
+    file instead, copied into the archive piece by piece (an entry is the bytes of a ``.npy`` file)."""
+    import shutil
+    import zipfile
+
     with atomic_write(path, "wb") as handle:
-        np.savez(handle, spans=spans, offsets=offsets, format_version=np.int64(SPANS_FORMAT_VERSION))
+        with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(entry, "w", force_zip64=True) as out:
+                    if isinstance(array, Path):
+                        with open(array, "rb") as source:
+                            shutil.copyfileobj(source, out, 1 << 20)
+                    else:
+                        np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=False)
 
 
 def load_spans(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -754,5 +772,6 @@ __all__ = [
     "normalize",
     "pack_spans",
     "save_spans",
+    "savez_reproducible",
     "spans_of_pair",
 ]

@@ -18,6 +18,8 @@ from veco2.errors import InputError, Veco2Error
 from veco2.fileio import iter_lines, read_json, read_jsonl
 from veco2.xtreme import aggregate
 from veco2.xtreme.aggregate import OFFICIAL_LANGUAGES, RETRIEVAL_TASKS, TASKS
+from veco2.xtreme.aggregate import TRIVIAL
+from veco2.xtreme.results import read_example_statistics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,15 @@ class ResultsTree:
     sweeps: dict[str, dict] = field(default_factory=dict)
     provenance: pd.DataFrame = field(default_factory=pd.DataFrame)
     missing: list[str] = field(default_factory=list)
+    examples: dict[tuple[str, str], dict[int, dict]] = field(default_factory=dict)
+    """``{(variant, task): {seed: {language: ExampleStatistics}}}``: the per-example rows of the runs
+    that entered the means (``example_statistics.json``), where every such run of the pair has
+    them for every expected language; what the bootstrap intervals resample."""
+
+    @property
+    def pretrained(self) -> list[str]:
+        """The variants pre-trained by this study (not the baselines, not the trivial row)."""
+        return [v for v in self.variants if v not in self.baselines and v != TRIVIAL]
 
 
 def order_variants(names) -> list[str]:
@@ -101,9 +112,10 @@ def load_results(root: str | Path, *, reference: str = REFERENCE_VARIANT) -> Res
     _load_xtreme(tree)
     tree.benchmarks = _load_benchmarks(root / "benchmarks")
     tree.sweeps = _load_sweeps(root / "sweeps")
-    tree.baselines = sorted(set(tree.variants) - set(tree.pretrain)) if tree.pretrain else []
-    pretrained = order_variants(set(tree.variants) | set(tree.pretrain))
-    tree.variants = [v for v in pretrained if v not in tree.baselines] + tree.baselines
+    tree.baselines = sorted(set(tree.variants) - set(tree.pretrain) - {TRIVIAL}) if tree.pretrain else []
+    models = order_variants(set(tree.variants) | set(tree.pretrain))
+    tree.variants = ([v for v in models if v not in tree.baselines and v != TRIVIAL] + tree.baselines
+                     + ([TRIVIAL] if TRIVIAL in models else []))
     if not tree.variants and tree.benchmarks.empty and not tree.sweeps:
         raise InputError(root, None, "no xtreme/, pretrain/, benchmarks/ or sweeps/ results found")
     _list_pretrain_gaps(tree)
@@ -141,6 +153,7 @@ def _load_xtreme(tree: ResultsTree) -> None:
                       + sorted(declared[t] - set(OFFICIAL_LANGUAGES[t])) for t in TASKS if t in declared}
 
     run_rows, lang_rows, layer_rows, kept = [], [], [], []
+    incomplete: set[tuple[str, str]] = set()  # a run without per-example rows: no intervals for the pair
     for (variant, task, seed), sdf in long.groupby(["variant", "task", "seed"], sort=False):
         per_language = {lang: dict(zip(ldf["metric"], ldf["value"])) for lang, ldf in sdf.groupby("language")}
         doc = documents[(variant, task, seed)]
@@ -158,6 +171,11 @@ def _load_xtreme(tree: ResultsTree) -> None:
             tree.missing.append(f"xtreme/{variant}/{task}/seed{seed}: {err}; run left out of the means")
             continue
         kept.append(sdf)
+        statistics = read_example_statistics(xtreme_dir / variant / task / f"seed{seed}")
+        if statistics is not None and all(lang in statistics for lang in expected):
+            tree.examples.setdefault((variant, task), {})[seed] = {lang: statistics[lang] for lang in expected}
+        else:
+            incomplete.add((variant, task))
         run_rows.append({"variant": variant, "task": task, "seed": seed, **means})
         for lang in expected:
             lang_rows.append({"variant": variant, "task": task, "seed": seed, "language": lang,
@@ -165,6 +183,8 @@ def _load_xtreme(tree: ResultsTree) -> None:
         for layer, score in (doc.get("task_score_by_layer") or {}).items():
             layer_rows.append({"variant": variant, "task": task, "layer": int(layer), "score": float(score)})
 
+    for pair in incomplete:
+        tree.examples.pop(pair, None)
     tree.runs = pd.DataFrame(run_rows)
     tree.per_language = pd.DataFrame(lang_rows, columns=["variant", "task", "seed", "language", "score"])
     tree.by_layer = pd.DataFrame(layer_rows, columns=["variant", "task", "layer", "score"])
@@ -191,7 +211,8 @@ def _list_xtreme_gaps(tree: ResultsTree, long: pd.DataFrame) -> None:
         for task in TASKS:
             if (variant, task) not in present:
                 continue
-            expected = [aggregate.RETRIEVAL_SEED] if task in RETRIEVAL_TASKS else finetune_seeds
+            deterministic = task in RETRIEVAL_TASKS or variant == TRIVIAL
+            expected = [aggregate.RETRIEVAL_SEED] if deterministic else finetune_seeds
             lacking = [s for s in expected if s not in present[(variant, task)]]
             if lacking:
                 tree.missing.append(f"xtreme/{variant}/{task}: seed(s) {' '.join(map(str, lacking))} missing")
@@ -247,7 +268,7 @@ def _list_pretrain_gaps(tree: ResultsTree) -> None:
     if not tree.benchmarks.empty:
         bench_variants = set(tree.benchmarks.loc[tree.benchmarks["rule"] == "pretrain", "wildcards"])
     for variant in tree.variants:
-        if variant in tree.baselines:  # not pre-trained here: no summary, metrics or benchmark to expect
+        if variant not in tree.pretrained:  # no summary, metrics or benchmark to expect
             continue
         if pre_dir.is_dir():
             if not tree.pretrain.get(variant):

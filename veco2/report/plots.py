@@ -197,6 +197,31 @@ def plot_retrieval_by_layer(tree: ResultsTree) -> Figure:
     return fig
 
 
+def plot_word_translation_by_layer(tree: ResultsTree) -> Figure:
+    """Word-translation accuracy on held-out dictionary entries (summary.json ``word_translation``)
+    against the encoder layer, mean over languages, one line per pre-trained variant."""
+    fig, axes = _subplots(1, 1, figsize=(4.6, 3.2), layout="constrained", squeeze=False)
+    ax = axes[0][0]
+    drawn = False
+    for i, variant in enumerate(tree.pretrained):
+        probe = (tree.pretrain.get(variant) or {}).get("word_translation") or {}
+        layers = sorted((probe.get("by_layer") or {}).items(), key=lambda kv: int(kv[0]))
+        points = [(int(layer), scores["mean"]) for layer, scores in layers if "mean" in scores]
+        if points:
+            ax.plot(*zip(*points), label=variant, markersize=4, **_style(i))
+            drawn = True
+    if not drawn:
+        _placeholder(ax, "word translation by layer: not available\n(summary.json without word_translation)")
+        return fig
+    ax.set_title("Word translation (held-out dictionary entries) by layer")
+    ax.set_xlabel("encoder layer (0 = embeddings)")
+    ax.set_ylabel("accuracy (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(linewidth=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def plot_sweep(study: str, info: dict) -> Figure | None:
     """Optuna sweep from ``trials.csv``: objective per trial with the best-so-far line, and the
     objective against each swept parameter.  None when the study has no trials.csv."""
@@ -259,6 +284,9 @@ def all_figures(tree: ResultsTree) -> list[tuple[str, str, Figure]]:
     figures.append(("retrieval_by_layer", "Retrieval score against the encoder layer used for the sentence "
                                           "vector (layer sweep of veco2 evaluate --layer all).",
                     plot_retrieval_by_layer(tree)))
+    figures.append(("word_translation_by_layer", "Word-translation accuracy on held-out dictionary entries against the "
+                                                 "encoder layer, mean over languages (summary.json).",
+                    plot_word_translation_by_layer(tree)))
     for study, info in tree.sweeps.items():
         fig = plot_sweep(study, info)
         if fig is not None:

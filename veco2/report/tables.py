@@ -17,9 +17,11 @@ import pandas as pd
 from veco2.config import read_yaml
 from veco2.errors import ConfigError
 from veco2.fileio import write_text
+from veco2.xtreme import aggregate
 from veco2.xtreme.aggregate import CATEGORIES, QA_TASKS, RETRIEVAL_TASKS, TASKS
 from veco2.xtreme.registry import get_task
 
+from . import bootstrap
 from .load import DEMO_BANNER, ResultsTree
 
 MISSING = "—"  # a value that should exist but does not (a gap in the results tree)
@@ -170,6 +172,43 @@ def _stat(tree: ResultsTree, variant: str, level: str, name: str) -> tuple[float
     return float(r["mean"]), float(r["std"]), int(r["n_seeds"])
 
 
+def _interval(tree: ResultsTree, variant: str, task: str, keys=None, reference: str | None = None):
+    """The bootstrap interval of ``variant``'s task score (``keys``: default the task's score keys), or
+    of its difference from ``reference``; None without per-example rows for both."""
+    keys = list(keys or aggregate.TASK_METRICS[task])
+    runs = tree.examples.get((variant, task))
+    if runs is None:
+        return None
+    if reference is None:
+        return bootstrap.score_interval(runs, tree.languages[task], keys)
+    other = tree.examples.get((reference, task))
+    return None if other is None else bootstrap.delta_interval(runs, other, tree.languages[task], keys)
+
+
+def _average_interval(tree: ResultsTree, variant: str, reference: str | None = None):
+    """The interval of the XTREME average (or its difference), when every task has per-example rows."""
+    parts = []
+    for task in TASKS:
+        runs = tree.examples.get((variant, task))
+        other = tree.examples.get((reference, task)) if reference is not None else None
+        if runs is None or (reference is not None and other is None):
+            return None
+        parts.append((runs, other, tree.languages[task], aggregate.TASK_METRICS[task]))
+    return bootstrap.average_interval(parts)
+
+
+def _bounds(interval) -> tuple[float, float]:
+    return (math.nan, math.nan) if interval is None else (interval.low, interval.high)
+
+
+def fmt_interval(interval, decimals: int = 1, *, signed: bool = False) -> str:
+    """"[low, high]" of a bootstrap interval ("" when there is none)."""
+    if interval is None:
+        return ""
+    return (f" [{fmt_number(interval.low, decimals, signed=signed)}, "
+            f"{fmt_number(interval.high, decimals, signed=signed)}]")
+
+
 def _metric_stat(tree: ResultsTree, variant: str, task: str, metric: str) -> tuple[float, float]:
     """Mean and sample std (ddof=1) over seeds of one metric's language mean (QA F1 / EM)."""
     if tree.runs.empty or metric not in tree.runs:  # e.g. no QA task in the tree: no exact_match column
@@ -199,11 +238,19 @@ def delta_references(tree: ResultsTree) -> list[str]:
     return ([tree.reference] if tree.reference in tree.variants else []) + list(tree.baselines)
 
 
+TRIVIAL_NOTE = ("trivial: what a model that learned nothing from the text scores (veco2.xtreme.trivial): the "
+                "majority English training label (XNLI, PAWS-X), each word's most frequent English training tag "
+                "(UD-POS, PAN-X), the first k context words with k the median English answer length (QA), chance "
+                "(Tatoeba) and no pair extracted (BUCC).")
+
+
 def delta_label(reference: str) -> str:
     return f"Δ {reference}"
 
 
 def _source(tree: ResultsTree, model: str) -> str:
+    if model == aggregate.TRIVIAL:
+        return "this suite: trivial baseline (no model)"
     return "this suite: baseline (not pre-trained here)" if model in tree.baselines else "this suite"
 
 
@@ -232,13 +279,19 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
                 for metric, short in (("f1", "F1"), ("exact_match", "EM")):
                     mean, std = _metric_stat(tree, variant, task, metric)
                     num[f"{label} {short}"], num[f"{label} {short} std"] = mean, std
+                    interval = _interval(tree, variant, task, [metric])
+                    num[f"{label} {short} low"], num[f"{label} {short} high"] = _bounds(interval)
                     cells.append(fmt_mean_std(mean, std, decimals))
-                disp[f"{label} (F1/EM)"] = MISSING if cells == [MISSING, MISSING] else "/".join(cells)
+                f1_interval = _interval(tree, variant, task, ["f1"])
+                disp[f"{label} (F1/EM)"] = MISSING if cells == [MISSING, MISSING] else \
+                    "/".join(cells) + fmt_interval(f1_interval, decimals)
                 counts.append(_stat(tree, variant, "task", task)[2])
             else:
                 mean, std, n = _stat(tree, variant, "task", task)
+                interval = _interval(tree, variant, task)
                 num[label], num[f"{label} std"] = mean, std
-                disp[label] = fmt_mean_std(mean, std, decimals)
+                num[f"{label} low"], num[f"{label} high"] = _bounds(interval)
+                disp[label] = fmt_mean_std(mean, std, decimals) + fmt_interval(interval, decimals)
                 if task not in RETRIEVAL_TASKS:
                     counts.append(n)
         for category in CATEGORIES:
@@ -248,8 +301,10 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
             num[CATEGORY_LABELS[category]], num[f"{CATEGORY_LABELS[category]} std"] = mean, std
             disp[CATEGORY_LABELS[category]] = fmt_mean_std(mean, std, decimals)
         mean, std, _ = _stat(tree, variant, "xtreme", "xtreme")
+        interval = _average_interval(tree, variant)
         num[AVERAGE], num[f"{AVERAGE} std"] = mean, std
-        disp[AVERAGE] = fmt_mean_std(mean, std, decimals)
+        num[f"{AVERAGE} low"], num[f"{AVERAGE} high"] = _bounds(interval)
+        disp[AVERAGE] = fmt_mean_std(mean, std, decimals) + fmt_interval(interval, decimals)
         for reference in references_for_delta:  # the XTREME score's Δ against each reference row
             label = f"{AVERAGE} {delta_label(reference)}"
             delta = mean - _stat(tree, reference, "xtreme", "xtreme")[0] if variant != reference else math.nan
@@ -294,7 +349,9 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
     notes = [
         "Values: mean ± sample std (ddof=1) over fine-tuning seeds; one value where there is a single seed "
         "(retrieval tasks are deterministic, seed0). QA cells are F1/EM. Avg = mean of the nine task scores "
-        "(QA task score = (F1 + EM) / 2); categories = mean of their tasks.",
+        "(QA task score = (F1 + EM) / 2); categories = mean of their tasks. "
+        + bootstrap.note().split(";")[0] + " of the task score (QA: of F1), where the runs recorded "
+        "per-example rows.",
         f"{MISSING} = missing from the results tree (see missing.txt); {NOT_REPORTED} = not reported by the source. "
         "Rows marked (reported) are published numbers, copied for reference and never included in any of "
         "our averages or deltas; their Source cell names the paper (arXiv id) and table they come from.",
@@ -304,6 +361,8 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
                      f"XTREME score minus that of {' / '.join(references_for_delta)}"
                      + (" (baseline: fine-tuned and scored here from the published checkpoint, not pre-trained "
                         "here; the starting model of the continued pre-training)." if tree.baselines else "."))
+    if aggregate.TRIVIAL in tree.variants:
+        notes.append(TRIVIAL_NOTE)
     kinds = [""] * len(tree.variants) + [REPORTED] * (len(disp_rows) - len(tree.variants))
     return Table("main", "XTREME zero-shot cross-lingual transfer results", numeric, display, notes, kinds)
 
@@ -351,14 +410,51 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
     numeric.insert(0, "variant", numeric.index)
     numeric = numeric.reset_index(drop=True)
 
-    display = numeric.copy().astype(object)
+    # Paired bootstrap intervals, where the runs recorded per-example rows: English and its Δ against
+    # the trivial row; the non-English mean's Δ against each reference.
+    keys = aggregate.TASK_METRICS[task]
+    intervals: dict[tuple[str, str], object] = {}
+    for variant in numeric["variant"]:
+        runs = tree.examples.get((variant, task))
+        if runs is None:
+            continue
+        if has_english:
+            intervals[(variant, ENGLISH)] = bootstrap.score_interval(runs, [ENGLISH], keys)
+            trivial = tree.examples.get((aggregate.TRIVIAL, task))
+            if trivial is not None and variant != aggregate.TRIVIAL:
+                intervals[(variant, "trivial")] = bootstrap.delta_interval(runs, trivial, [ENGLISH], keys)
+        for reference in references:
+            other = tree.examples.get((reference, task))
+            if other is not None and others and variant != reference:
+                intervals[(variant, reference)] = bootstrap.delta_interval(runs, other, others, keys)
+    for name, key in ([(ENGLISH, ENGLISH), (f"{ENGLISH} Δ trivial", "trivial")] if has_english else []) + \
+            [(f"{OTHERS} {delta_label(r)}", r) for r in references]:
+        found = [intervals.get((variant, key)) for variant in numeric["variant"]]
+        if not any(found):
+            continue
+        if key == "trivial":
+            numeric[name] = [i.estimate if i else math.nan for i in found]
+        numeric[f"{name} low"] = [i.low if i else math.nan for i in found]
+        numeric[f"{name} high"] = [i.high if i else math.nan for i in found]
+        if key != ENGLISH:
+            numeric[f"{name} significant"] = [i.excludes_zero if i else None for i in found]
+
+    display = numeric[[c for c in numeric.columns if not c.endswith((" low", " high", " significant"))]].copy()
+    display = display.astype(object)
     for col in display.columns[1:]:
         if col == GAP:
             display[col] = [fmt_number(v, decimals, signed=True) if has_english else NOT_APPLICABLE
                             for v in numeric[col]]
-        elif col.startswith(f"{OTHERS} Δ "):
-            reference = col.removeprefix(f"{OTHERS} Δ ")
-            display[col] = [NOT_APPLICABLE if variant == reference else fmt_number(v, decimals, signed=True)
+        elif " Δ " in col:
+            reference = col.rsplit(" Δ ", 1)[1]
+            key = "trivial" if col == f"{ENGLISH} Δ trivial" else reference
+            display[col] = [NOT_APPLICABLE if variant == reference else
+                            fmt_number(v, decimals, signed=True)
+                            + fmt_interval(intervals.get((variant, key)), decimals, signed=True)
+                            + ("*" if intervals.get((variant, key)) and intervals[(variant, key)].excludes_zero else "")
+                            for variant, v in zip(numeric["variant"], numeric[col])]
+        elif col == ENGLISH:
+            display[col] = [fmt_number(v, decimals) + fmt_interval(intervals.get((variant, ENGLISH)), decimals)
                             for variant, v in zip(numeric["variant"], numeric[col])]
         else:
             display[col] = [fmt_number(v, decimals) for v in numeric[col]]
@@ -369,6 +465,9 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
              f"other languages (the cross-lingual transfer gap). {MISSING} = missing."]
     if references:
         notes.append(f"{OTHERS} Δ X = the row's mean over the non-English languages minus that of X.")
+    if intervals:
+        notes.append(bootstrap.note() + (f" {ENGLISH} Δ trivial = English minus the trivial baseline's English."
+                                         if has_english and aggregate.TRIVIAL in tree.variants else ""))
     if task in RETRIEVAL_TASKS:
         notes.append(f"{TASK_LABELS[task]} pairs every language with English: there is no English column and "
                      f"no transfer gap ({NOT_APPLICABLE}).")
@@ -421,10 +520,22 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
                 suffix = "" if reference == baseline else f" {reference}"
                 base_mean, base_std, _ = _stat(tree, reference, level, name)
                 delta = mean - base_mean if variant != reference else math.nan
-                sig = significance(delta, std, base_std) if variant != reference else None
-                num.update({f"{label} Δ{suffix}": delta, f"{label} significant{suffix}": sig})
+                interval = None
                 if variant != reference:
-                    mark = "" if sig else (" n.s." if sig is False else " ?")
+                    interval = (_interval(tree, variant, name, reference=reference) if level == "task"
+                                else _average_interval(tree, variant, reference))
+                if interval is not None:  # the paired bootstrap decides
+                    sig = interval.excludes_zero
+                else:  # no per-example rows (older results): the seed-std noise screen
+                    sig = significance(delta, std, base_std) if variant != reference else None
+                low, high = _bounds(interval)
+                num.update({f"{label} Δ{suffix}": delta, f"{label} significant{suffix}": sig,
+                            f"{label} Δ low{suffix}": low, f"{label} Δ high{suffix}": high})
+                if variant != reference:
+                    if interval is not None:
+                        mark = fmt_interval(interval, decimals, signed=True) + ("*" if sig else "")
+                    else:
+                        mark = "" if sig else (" n.s." if sig is False else " ?")
                     marks.append(f"{fmt_number(delta, decimals, signed=True)}{mark}")
             text = fmt_mean_std(mean, std, decimals)
             if text != MISSING and marks:
@@ -433,9 +544,12 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
         num_rows.append(num)
         disp_rows.append(disp)
     against = " and ".join(references)
-    notes = [f"mean ± std over seeds (Δ = row − {'; row − '.join(references)}). n.s.: |Δ| is smaller than the "
-             f"larger seed std of the two rows (not significant); ?: single run, no seed std to judge by "
-             f"(retrieval tasks). {MISSING} = missing."]
+    notes = [f"mean ± std over seeds (Δ = row − {'; row − '.join(references)}). {bootstrap.note()} "
+             "Where a run has no per-example rows (results written before veco2 recorded them): n.s. = |Δ| "
+             "is smaller than the larger seed std of the two rows, a noise screen, not a test; ?: single "
+             f"run, nothing to judge by. {MISSING} = missing."]
+    if aggregate.TRIVIAL in tree.variants:
+        notes.append(TRIVIAL_NOTE)
     if tree.baselines:
         notes.append(f"Baselines ({', '.join(tree.baselines)}): fine-tuned and scored here from their published "
                      "checkpoints, without pre-training here; the starting model of the continued pre-training.")
@@ -460,40 +574,64 @@ def _median_tokens_per_s(tree: ResultsTree, variant: str) -> float:
     return math.nan
 
 
+def _median_cpu_per_token(tree: ResultsTree, variant: str) -> float:
+    """summary.json's median CPU seconds per token (the trainer's own process, all its threads)."""
+    value = (tree.pretrain.get(variant) or {}).get("median_cpu_seconds_per_token")
+    return float(value) if value else math.nan
+
+
 def cost_table(tree: ResultsTree, *, baseline: str | None = None) -> Table:
     """Pre-training cost per variant.
 
-    Columns: steps, tokens, tokens/s (median over log windows), relative cost = baseline tokens/s
-    ÷ variant tokens/s (time per token relative to ``mlm``; 1.25 = 25 % slower), peak memory =
-    the largest ``max_rss`` of the Snakemake benchmark file (MB, host RSS), wall time = the
-    benchmark's mean ``s`` over its repeats.
+    Columns: steps, tokens, tokens/s (median over log windows), CPU time per 1,000 tokens (median
+    over log windows of the training process's CPU time, all its threads), the torch threads the
+    job ran with, relative cost, peak memory = the largest ``max_rss`` of the Snakemake benchmark
+    file (MB, host RSS), wall time = the benchmark's mean ``s`` over its repeats.
+
+    Relative cost = variant CPU time per token ÷ baseline CPU time per token where both runs
+    recorded it: a job that shared its cores with another is not charged for the time it waited,
+    so the ratio does not depend on what ran beside it.  Runs without CPU times fall back to the
+    wall-clock ratio (baseline tokens/s ÷ variant tokens/s), marked "(wall)".
     """
     bench = tree.benchmarks
     baseline = baseline or tree.reference
     base_tps = _median_tokens_per_s(tree, baseline) if baseline in tree.variants else math.nan
+    base_cpu = _median_cpu_per_token(tree, baseline) if baseline in tree.variants else math.nan
     num_rows, disp_rows = [], []
-    for variant in [v for v in tree.variants if v not in tree.baselines]:  # baselines: not pre-trained here
+    for variant in tree.pretrained:  # baselines and the trivial row: not pre-trained here
         summary = tree.pretrain.get(variant) or {}
         tps = _median_tokens_per_s(tree, variant)
+        cpu = _median_cpu_per_token(tree, variant)
         rows = bench[(bench["rule"] == "pretrain") & (bench["wildcards"] == variant)] if not bench.empty else bench
         peak = float(rows["max_rss"].max()) if not rows.empty else math.nan
         wall = float(rows["s"].mean()) if not rows.empty else math.nan
-        relative = base_tps / tps if tps and not math.isnan(tps) else math.nan
+        by_cpu = not (math.isnan(cpu) or math.isnan(base_cpu))
+        if by_cpu:
+            relative = cpu / base_cpu
+        else:
+            relative = base_tps / tps if tps and not math.isnan(tps) else math.nan
         num = {"variant": variant, "steps": summary.get("steps", math.nan), "tokens": summary.get("tokens", math.nan),
-               "tokens_per_s": tps, "relative_cost": relative, "peak_rss_mb": peak, "wall_time_s": wall}
+               "tokens_per_s": tps, "cpu_seconds_per_token": cpu, "threads": summary.get("torch_threads", math.nan),
+               "relative_cost": relative, "relative_cost_measure": "cpu" if by_cpu else "wall",
+               "peak_rss_mb": peak, "wall_time_s": wall}
         num_rows.append(num)
         disp_rows.append({
             "Variant": variant,
             "Steps": fmt_number(num["steps"], 0),
             "Tokens": MISSING if _nan(num["tokens"]) else f"{int(num['tokens']):,}",
             "Tokens/s": fmt_number(tps, 0),
-            f"Cost vs {baseline} (×)": fmt_number(relative, 2),
+            "CPU s / 1k tokens": fmt_number(cpu * 1000, 3),
+            "Threads": fmt_number(num["threads"], 0),
+            f"Cost vs {baseline} (×)": fmt_number(relative, 2) + ("" if by_cpu or _nan(relative) else " (wall)"),
             "Peak memory (MB RSS)": fmt_number(peak, 0),
             "Wall time": MISSING if _nan(wall) else _hms(wall),
         })
-    notes = [f"Cost vs {baseline} = {baseline} tokens/s ÷ variant tokens/s (time per token, >1 = slower). "
-             "Tokens/s: median over the metrics-log windows (summary.json). Peak memory: max_rss of the "
-             "Snakemake benchmark file (host memory, MB); wall time: its mean s over repeats. "
+    notes = [f"Cost vs {baseline} = variant CPU time per token ÷ {baseline} CPU time per token (>1 = dearer): "
+             "CPU time of the training process (all its threads; each job runs the threads its rule was "
+             "given), median over the metrics-log windows, so jobs that shared cores are not charged for "
+             f"waiting. \"(wall)\": no CPU time recorded, {baseline} tokens/s ÷ variant tokens/s instead. "
+             "Tokens/s: median over the metrics-log windows (summary.json), wall clock. Peak memory: max_rss "
+             "of the Snakemake benchmark file (host memory, MB); wall time: its mean s over repeats. "
              f"{MISSING} = missing."]
     return Table("cost", "Pre-training cost per variant", pd.DataFrame(num_rows), pd.DataFrame(disp_rows), notes)
 
@@ -507,9 +645,71 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _probe_statistics(tree: ResultsTree, variant: str) -> dict | None:
+    """``{0: {lang: ExampleStatistics}}`` of a variant's word-translation probe at its reported layer
+    (one run: seed 0), for the bootstrap; None without a probe."""
+    from veco2.xtreme.metrics import ExampleStatistics
+
+    probe = (tree.pretrain.get(variant) or {}).get("word_translation")
+    if not probe or not probe.get("items"):
+        return None
+    rows = probe["correct"][str(probe["layer"])]
+    return {0: {lang: ExampleStatistics("mean", ["forward", "backward"], np.asarray(r, dtype=np.float64))
+                for lang, r in rows.items()}}
+
+
+def probe_table(tree: ResultsTree, *, decimals: int = 1) -> Table:
+    """Alignment probes of the pre-trained encoders (``summary.json``): word-translation accuracy on
+    held-out dictionary entries (``veco2.probes``) at the retrieval layer, its Δ against the reference
+    with a paired bootstrap interval over the word pairs, every layer's accuracy, and the held-out
+    retrieval check.  Means over the languages the probe has items for."""
+    reference = tree.reference
+    base = _probe_statistics(tree, reference)
+    num_rows, disp_rows = [], []
+    for variant in tree.pretrained:
+        summary = tree.pretrain.get(variant) or {}
+        probe = summary.get("word_translation") or {}
+        stats = _probe_statistics(tree, variant)
+        languages = sorted(stats[0]) if stats else []
+        mean = float(np.mean([probe["by_layer"][str(probe["layer"])][lang] for lang in languages])) \
+            if languages else math.nan
+        interval = None
+        if stats and base and variant != reference and sorted(base[0]) == languages:
+            interval = bootstrap.delta_interval(stats, base, languages, ["forward", "backward"])
+        retrieval = (summary.get("retrieval") or {}).get("accuracy", {}).get("mean", math.nan)
+        num = {"variant": variant, "layer": probe.get("layer", math.nan), "languages": len(languages),
+               "word_pairs": sum(probe.get("items", {}).values()), "word_translation": mean,
+               f"word_translation Δ {reference}": interval.estimate if interval else math.nan,
+               f"word_translation Δ {reference} low": interval.low if interval else math.nan,
+               f"word_translation Δ {reference} high": interval.high if interval else math.nan,
+               f"word_translation Δ {reference} significant": interval.excludes_zero if interval else None,
+               "heldout_retrieval": retrieval}
+        disp = {"Variant": variant, "Layer": fmt_number(num["layer"], 0), "Word pairs": str(num["word_pairs"]),
+                "Word translation": fmt_number(mean, decimals),
+                f"Δ {reference}": NOT_APPLICABLE if variant == reference else (
+                    fmt_number(interval.estimate, decimals, signed=True) + fmt_interval(interval, decimals, signed=True)
+                    + ("*" if interval.excludes_zero else "") if interval else MISSING),
+                "Held-out retrieval": fmt_number(retrieval, decimals)}
+        for layer, scores in sorted((probe.get("by_layer") or {}).items(), key=lambda kv: int(kv[0])):
+            value = float(np.mean([scores[lang] for lang in languages])) if languages else math.nan
+            num[f"word_translation layer {layer}"] = value
+            disp[f"WT layer {layer}"] = fmt_number(value, decimals)
+        num_rows.append(num)
+        disp_rows.append(disp)
+    notes = ["Word translation: each held-out dictionary word pair (an entry found in the dev pairs that never was "
+             "a synonym pair of the training shards, so the token loss never saw it) embedded in its own sentences "
+             "(mean of its subword vectors); accuracy of retrieving the translation by cosine among the language's "
+             "pairs, both directions averaged, mean over languages (veco2.probes). Held-out retrieval: the trainer's "
+             "Tatoeba-style check on dev pairs at the same layer. " + bootstrap.note().replace("test examples and seeds",
+                                                                                               "word pairs")]
+    return Table("probes", "Alignment probes of the pre-trained encoders", pd.DataFrame(num_rows),
+                 pd.DataFrame(disp_rows), notes)
+
+
 def build_tables(tree: ResultsTree, *, decimals: int = 1) -> list[Table]:
-    """Every table of the report: main, ablation, cost, then one per-language table per task present."""
-    tables = [main_table(tree, decimals=decimals), ablation_table(tree, decimals=decimals), cost_table(tree)]
+    """Every table of the report: main, ablation, cost, probes, then one per-language table per task present."""
+    tables = [main_table(tree, decimals=decimals), ablation_table(tree, decimals=decimals), cost_table(tree),
+              probe_table(tree, decimals=decimals)]
     tables += [per_language_table(tree, task, decimals=decimals) for task in TASKS if task in tree.languages]
     if tree.demo:  # the caption of every Markdown / LaTeX / HTML table says so
         for table in tables:

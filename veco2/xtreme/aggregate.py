@@ -1,28 +1,10 @@
 """XTREME aggregation: languages -> task score -> category scores and the XTREME score.
 
-The lists of tasks, categories, score keys and test languages are derived from the task registry
-(:mod:`veco2.xtreme.registry`, one YAML file per task), where each is written once.
-
-Rules (Hu et al. 2020, XTREME, arXiv 2003.11080; the per-language scores are those of the
-official google-research/xtreme ``evaluate.py`` and ``third_party/`` scorers):
-
-- every metric is averaged over the task's languages on its own, unweighted;
-- task score = the mean of the task's headline metric; for QA tasks (mean F1 + mean EM) / 2;
-- category score = mean of its task scores; XTREME score = mean of the 9 task scores (NOT the
-  mean of the 4 category means: categories hold 2, 2, 3 and 2 tasks);
-- a language missing from the expected list is an ERROR, never a silently shorter average.
-
-All values are percent (0-100) as produced by :mod:`veco2.xtreme.metrics`; nothing is rescaled.
-
-Results layout read by :func:`load_results_tree`::
-
-    root/{variant}/{task}/seed{S}/results.json
-    {"task": "xnli", "version": ..., "languages": ["de", "en"], "seed": 1,
-     "scores": {"de": {"accuracy": 71.0}, "en": {"accuracy": 80.0}}, "provenance": {...}}
-
-Retrieval tasks (bucc2018, tatoeba) are not fine-tuned and have no seed: they are written once
-under ``seed0`` with ``"seed": 0``.  :func:`summarise` reuses that single value for every
-fine-tuning seed when it computes per-seed category / XTREME scores (so it adds no variance).
+Rules of Hu et al. 2020 (XTREME, arXiv 2003.11080): every metric is averaged over the task's
+languages, unweighted; a QA task scores (mean F1 + mean EM) / 2; the XTREME score is the mean of the
+9 task scores (not of the category means); a missing language is an error.  The task, category and
+language lists come from :mod:`veco2.xtreme.registry`; values are percent (0-100), never rescaled.
+Rules and the results layout :func:`load_results_tree` reads: ``docs/xtreme.md#aggregation``.
 """
 
 from __future__ import annotations
@@ -36,8 +18,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from veco2.errors import InputError, Veco2Error
-from veco2.fileio import read_json
 from veco2.xtreme.registry import CATEGORY_ORDER, get_task, list_tasks
+from veco2.xtreme.results import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +36,8 @@ CATEGORIES: tuple[str, ...] = tuple(TASK_CATEGORIES)
 QA_TASKS = frozenset(spec.name for spec in _REGISTERED if spec.family == "qa")
 RETRIEVAL_TASKS = frozenset(spec.name for spec in _REGISTERED if spec.family == "retrieval")
 RETRIEVAL_SEED = 0
+#: The row of the trivial baselines (veco2.xtreme.trivial) in a results tree: ``xtreme/trivial/TASK/seed0``.
+TRIVIAL = "trivial"
 
 # Metric keys the task score is computed from, as written in results.json "scores" (the task
 # file's `score_keys`).  Extra keys (udpos "token_accuracy", tatoeba "accuracy_xx_to_en", ...) are
@@ -162,32 +146,10 @@ RESULT_COLUMNS = ["variant", "task", "seed", "language", "metric", "value"]
 
 
 def _read_results_file(path: Path, variant: str, task: str, seed: int) -> list[dict]:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise InputError(path, None, "results.json must hold a JSON object")
-    for key in ("task", "languages", "seed", "scores"):
-        if key not in data:
-            raise InputError(path, None, f"missing key {key!r}")
-    if data["task"] != task:
-        raise InputError(path, None, f"task {data['task']!r} does not match its directory {task!r}")
-    if data["seed"] != seed:
-        raise InputError(path, None, f"seed {data['seed']!r} does not match its directory seed{seed}")
-    scores = data["scores"]
-    if not isinstance(scores, dict):
-        raise InputError(path, None, "'scores' must map language -> {metric: value}")
-    declared = list(data["languages"])
-    missing = [lang for lang in declared if lang not in scores]
-    if missing:
-        raise InputError(path, None, f"declared language(s) without scores: {' '.join(missing)}")
-    rows = []
-    for lang, metrics in scores.items():
-        if not isinstance(metrics, dict):
-            raise InputError(path, None, f"scores[{lang!r}] must map metric -> value")
-        for metric, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InputError(path, None, f"scores[{lang!r}][{metric!r}] = {value!r} is not a finite number")
-            rows.append(dict(variant=variant, task=task, seed=seed, language=lang, metric=metric, value=float(value)))
-    return rows
+    """The long-table rows of one results.json (checked by :meth:`RunResult.read`)."""
+    result = RunResult.read(path, task=task, seed=seed)
+    return [dict(variant=variant, task=task, seed=seed, language=lang, metric=metric, value=float(value))
+            for lang, metrics in result.scores.items() for metric, value in metrics.items()]
 
 
 def load_results_tree(root: str | Path) -> pd.DataFrame:

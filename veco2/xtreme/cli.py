@@ -7,7 +7,14 @@ import argparse
 import json
 import logging
 
+from .registry import get_task, list_tasks
+
 log = logging.getLogger(__name__)
+
+
+def _tasks(retrieval: bool) -> list[str]:
+    """The registry's fine-tuned (or retrieval) tasks: task files, not a list written here."""
+    return [name for name in list_tasks() if (get_task(name).family == "retrieval") == retrieval]
 
 
 def _seeds(text: str) -> list[int]:
@@ -17,14 +24,21 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds expects integers like 1,2,3, got {text!r}") from None
 
 
+def _language(text: str) -> str:
+    if "=" in text:  # --languages takes every word that follows it
+        raise argparse.ArgumentTypeError(f"{text!r} is a KEY=VALUE override, not a language; "
+                                         "put the overrides before --languages")
+    return text
+
+
 def register(subparsers) -> None:
-    """Add the ``finetune``, ``evaluate`` and ``prefetch`` sub-commands."""
+    """Add the ``finetune``, ``evaluate``, ``trivial`` and ``prefetch`` sub-commands."""
     p = subparsers.add_parser("finetune", help="zero-shot XTREME fine-tuning (classification, tagging, QA)",
                               description="Fine-tune on English, select on the English dev set, predict every "
                                           "test language; writes OUT/TASK/seedS/results.json + predictions.  "
                                           "Runs on accelerate: on a GPU when there is one, on several with "
                                           "`accelerate launch -m veco2.cli finetune ...` (docs/finetuning.md).")
-    p.add_argument("--task", required=True, help="xnli pawsx udpos panx xquad mlqa tydiqa")
+    p.add_argument("--task", required=True, help=" ".join(_tasks(retrieval=False)))
     p.add_argument("--model", required=True,
                    help="pre-trained model: a local directory (Hugging Face format) or a hub name such as "
                         "xlm-roberta-base (downloaded once, then read from the Hugging Face cache)")
@@ -33,10 +47,11 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", default=None,
                    help="local XTREME layout (default: $VECO2_XTREME_DATA or the packaged demo data)")
     p.add_argument("--hub", action="store_true", help="read google/xtreme from the Hugging Face hub (network, or $VECO2_HUB_MIRROR)")
-    p.add_argument("--languages", nargs="+", default=None, help="test languages (default: the official list)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting (repeatable), e.g. --set learning_rate=3e-5; engine settings: "
-                        "batch_size (global per optimizer step), gradient_accumulation_steps=1, "
+    p.add_argument("--languages", nargs="+", default=None, type=_language,
+                   help="test languages (default: the official list)")
+    p.add_argument("key_value_overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override settings, as `veco2 pretrain` does, in one block, e.g. learning_rate=3e-5 eval_steps=100; "
+                        "engine settings: batch_size (global per optimizer step), gradient_accumulation_steps=1, "
                         "eval_batch_size=64, mixed_precision=no|bf16|fp16, save_steps=500, eval_steps, "
                         "logging_steps=10, report_to=none|tensorboard|wandb|..., max_train_examples, "
                         "warmup_steps, weight_decay, max_grad_norm, adam_epsilon (docs/finetuning.md)")
@@ -46,7 +61,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_finetune)
 
     p = subparsers.add_parser("evaluate", help="XTREME retrieval (tatoeba, bucc2018) with the pre-trained encoder")
-    p.add_argument("--task", required=True, choices=["tatoeba", "bucc2018"])
+    p.add_argument("--task", required=True, choices=_tasks(retrieval=True))
     p.add_argument("--model", required=True, help="pre-trained model: a local directory or a hub name")
     p.add_argument("--out", required=True, help="results root (writes OUT/TASK/seed0/results.json)")
     p.add_argument("--layer", default=None,
@@ -62,6 +77,16 @@ def register(subparsers) -> None:
     p.add_argument("--languages", nargs="+", default=None)
     p.set_defaults(func=_evaluate)
 
+    p = subparsers.add_parser("trivial", help="score the trivial baseline of a task (majority label, most frequent "
+                              "tag, first-k-words span, chance) as results under OUT/TASK/seed0")
+    p.add_argument("--task", required=True, choices=list_tasks())
+    p.add_argument("--out", required=True, help="results root (the workflow's results/SCALE/xtreme/trivial)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--hub", action="store_true",
+                   help="read google/xtreme from the Hugging Face hub (network, or $VECO2_HUB_MIRROR)")
+    p.add_argument("--languages", nargs="+", default=None)
+    p.set_defaults(func=_trivial)
+
     p = subparsers.add_parser("prefetch", help="download XTREME tasks into the local layout (networked machine)")
     p.add_argument("--tasks", nargs="+", default=None, help="tasks (default: all nine)")
     p.add_argument("--out", default=None, help="directory to write the layout + manifest.json into")
@@ -73,7 +98,7 @@ def register(subparsers) -> None:
 def _finetune(args) -> int:
     from .finetune import parse_overrides, run_finetune
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_overrides(args.key_value_overrides)
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
     results = run_finetune(args.task, args.model, args.out, seeds=args.seeds, data_root=args.data_root,
@@ -86,7 +111,7 @@ def _finetune(args) -> int:
 
 def _evaluate(args) -> int:
     from ..errors import ConfigError
-    from .evaluate import run_evaluate
+    from .retrieval_run import run_evaluate
 
     layer, layers = args.layer, None
     if layer == "all":
@@ -101,6 +126,14 @@ def _evaluate(args) -> int:
                      batch_size=args.batch_size, mixed_precision=args.mixed_precision)
     print(json.dumps({"task": r["task"], "layer": r["layer"], "task_score": round(r["task_score"], 2),
                       "by_layer": r["task_score_by_layer"]}))
+    return 0
+
+
+def _trivial(args) -> int:
+    from .trivial import run_trivial
+
+    r = run_trivial(args.task, args.out, data_root=args.data_root, hub=args.hub, languages=args.languages)
+    print(json.dumps({"task": r["task"], "model": "trivial", "task_score": round(r["task_score"], 2)}))
     return 0
 
 

@@ -1,41 +1,11 @@
 """XTREME data loaders: every task split per language, from the local official layout or the hub.
 
-Two sources, one output format:
-
-(a) the local layout (a directory fetched once with ``veco2 prefetch``, the packaged demo data, or
-    files copied from google-research/xtreme's ``download_data.sh``), per task::
-
-        xnli/{train-en,dev-en,test-LANG}.tsv        premise \\t hypothesis \\t label
-        pawsx/{train-en,dev-en,test-LANG}.tsv       sentence1 \\t sentence2 \\t label (0|1)
-        udpos/, panx/{train-en,dev-en,test-LANG}.tsv  word \\t tag per line, blank line between sentences
-        squad/{train-v1.1,dev-v1.1}.json, xquad/xquad.LANG.json,
-        mlqa/test-context-LANG-question-LANG.json,
-        tydiqa/{tydiqa-goldp-v1.1-train.json, dev-goldp-LANG.json}   SQuAD v1.1 JSON
-        bucc2018/LANG-en.{dev,test}.{LANG,en,gold}  id \\t sentence ; gold: src_id \\t tgt_id
-        tatoeba/tatoeba.ISO3-eng.{ISO3,eng}          line-aligned sentences
-
-(b) the Hugging Face hub, ``datasets.load_dataset("google/xtreme", config)`` (and ``facebook/xnli``
-    ``en`` for the XNLI train split, which google/xtreme lacks).  Needs network -- or
-    ``$VECO2_HUB_MIRROR=DIR``, a local mirror of the hub datasets, for offline clusters and tests:
-    ``google/xtreme`` then resolves to ``DIR/google/xtreme``, a copy of the dataset repository as the
-    hub stores it (``README.md`` with the ``configs``/``dataset_info`` front matter and
-    ``CONFIG/SPLIT-00000-of-00001.parquet``), e.g. filled with
-    ``hf download google/xtreme --repo-type dataset --local-dir DIR/google/xtreme``.  The same
-    ``datasets.load_dataset`` call reads it, with only the path changed.
-
-The file names and hub configs come from the task YAML (:mod:`veco2.xtreme.registry`).  Examples are
-plain dicts:
-
-- classification: ``{"id", "text_a", "text_b", "label"}`` (label a string from the task's label list);
-- tagging: ``{"id", "words": [...], "tags": [...]}``;
-- qa: ``{"id", "title", "context", "question", "answers": {"text": [...], "answer_start": [...]}}``;
-- tatoeba: ``{"src": [...], "tgt": [...]}`` (line i of src translates line i of tgt, tgt = English);
-- bucc: ``{"src_ids", "src", "tgt_ids", "tgt", "gold": [(src_id, tgt_id), ...]}``.
-
-Known traps handled here: XNLI has no train split (MultiNLI through ``xnli`` ``en``); the TyDiQA-GoldP
-files mix languages (train keeps ids starting ``english-``; the hub dev split is cut by id prefix);
-the hub's ``bucc18`` configs hold only gold pairs, so BUCC mining needs the original corpus files
-locally; PAN-X's original download link is dead (use the hub configs through ``veco2 prefetch``).
+Two sources, one output format (plain dicts per task family): (a) the local layout
+(``veco2 prefetch``, the packaged demo data, or google-research/xtreme's ``download_data.sh``);
+(b) the Hugging Face hub ``google/xtreme`` (``facebook/xnli`` ``en`` for the XNLI train split), or a
+local mirror of it under ``$VECO2_HUB_MIRROR``.  File names and hub configs come from the task YAML
+(:mod:`veco2.xtreme.registry`).  Layout, example dicts and the known traps handled here:
+``docs/xtreme.md#task-data``.
 """
 
 from __future__ import annotations
@@ -105,6 +75,21 @@ def available_languages(task: str | TaskSpec, data_root: str | Path | None = Non
         if probe.exists():
             found.append(lang)
     return found
+
+
+def run_languages(task: TaskSpec, languages: Iterable[str] | None, data_root: str | Path | None,
+                  hub: bool) -> list[str]:
+    """The languages a run tests on: ``languages`` (checked against the task), else those the packaged
+    demo data has (when it is the local root), else the task's official list."""
+    if languages:
+        return list(task.check_languages(languages))
+    if not hub and is_demo_root(resolve_root(data_root)):
+        found = available_languages(task, data_root)
+        if not found:
+            raise Veco2Error(f"{task.name}: the packaged demo data has no test files for this task; pass "
+                             f"--data-root DIR fetched with `veco2 prefetch --tasks {task.name} --out DIR`")
+        return found
+    return list(task.languages)
 
 
 # ---------------------------------------------------------------------------------------------

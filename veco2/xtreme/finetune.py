@@ -13,51 +13,109 @@ not.  Settings, task families, checkpoints and logs: ``docs/finetuning.md``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
+from ..config import KEEPS_WEIGHTS, merge_into
 from ..errors import ConfigError, Veco2Error
-from ..fileio import atomic_write, fault_point, read_json, remove_stale_temporaries, write_json, write_text
+from ..fileio import atomic_write, fault_point, read_json, remove_stale_temporaries, write_text
 from ..pretrained import first_line as _first_line, hub_origin, resolve_pretrained
 from ..provenance import config_hash, provenance, sha256_file
 from ..weights import load_checked
-from . import aggregate, metrics
-from .data import available_languages, is_demo_root, load_split, local_path, resolve_root, word_windows
+from . import aggregate
+from .data import is_demo_root, load_split, local_path, resolve_root, run_languages
+from .families import FAMILIES, model_inputs, pad_features, process_state, to_device
 from .registry import TaskSpec, get_task
+from .results import RunResult, check_statistics, write_example_statistics
 
 log = logging.getLogger(__name__)
 
-#: Engine settings that are not in the task files; every one can be overridden (``--set key=value``).
-#: ``batch_size`` (task file) is the GLOBAL batch of one optimizer step: each of P processes runs
-#: ``batch_size / (P * gradient_accumulation_steps)`` examples per forward pass.
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "eval_batch_size": 64,     # examples per forward pass when predicting (dev and test)
-    "adam_epsilon": 1e-8,
-    "max_grad_norm": 1.0,
-    "eval_steps": None,        # None: evaluate on the English dev set at the end of every epoch
-    "max_steps": None,         # cap on optimisation steps (tests / demo); None = num_train_epochs
-    "max_train_examples": None,  # use only the first N training examples (demo / smoke runs)
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "gradient_accumulation_steps": 1,  # micro-batches per optimizer step
-    "mixed_precision": "no",   # "no" | "bf16" | "fp16" (accelerate autocast; fp16 needs a GPU)
-    "save_steps": 500,         # rolling checkpoint every N optimizer steps (and at every evaluation)
-    "logging_steps": 10,       # mean training loss and learning rate to the trackers every N steps
-    "report_to": "none",       # "none", "tensorboard", or accelerate tracker names ("wandb", "mlflow,tensorboard")
-}
-# QA-only settings (doc_stride, max_query_length, max_answer_length, n_best_size) come from the QA task files.
-#: Keys whose change does not change the result (left out of the run hash).
-_NON_RESULT_KEYS = ("eval_batch_size", "save_steps", "logging_steps", "report_to")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class FinetuneSettings:
+    """The settings of one fine-tuning run (``docs/finetuning.md``, Settings).
+
+    Resolved by :func:`resolve_hyperparameters`: these defaults, then the task file's
+    ``hyperparameters``, then the run's overrides (the workflow's and the command line's ``KEY=VALUE``).  The
+    task-file settings have no engine default; a task has only those its file names (QA: the last
+    four).  Settings marked with ``KEEPS_WEIGHTS`` do not change the result and are left out of the
+    run hash.
+    """
+
+    eval_batch_size: int = field(default=64, metadata=KEEPS_WEIGHTS)
+    """Examples per forward pass when predicting (dev and test)."""
+    adam_epsilon: float = 1e-8
+    """AdamW's epsilon."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    eval_steps: int | None = None
+    """Evaluate on the English dev set every N steps and after the last one (and only then); None: at the
+    end of every epoch and after the last step."""
+    max_steps: int | None = None
+    """Train exactly this many optimizer steps, going through the training set as often as that takes
+    (as ``transformers.TrainingArguments.max_steps`` overrides ``num_train_epochs``); None:
+    ``num_train_epochs`` epochs."""
+    max_train_examples: int | None = None
+    """Train on the first N training examples only (demo / smoke runs); None: all."""
+    warmup_steps: int = 0
+    """Linear warm-up steps, then linear decay."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (none on biases and LayerNorm)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate autocast; fp16 needs a GPU."""
+    save_steps: int | None = field(default=500, metadata=KEEPS_WEIGHTS)
+    """Rolling checkpoint every N optimizer steps (and at every evaluation); None: at evaluations only."""
+    logging_steps: int = field(default=10, metadata=KEEPS_WEIGHTS)
+    """Mean training loss and learning rate to the trackers every N steps."""
+    report_to: str = field(default="none", metadata=KEEPS_WEIGHTS)
+    """``none``, ``tensorboard`` or comma-separated accelerate tracker names (``wandb,mlflow``), or ``all``."""
+    learning_rate: float | None = None
+    """Task file: peak learning rate."""
+    num_train_epochs: int | None = None
+    """Task file: epochs over the training set."""
+    batch_size: int | None = None
+    """Task file: the GLOBAL batch of one optimizer step; each of P processes runs
+    ``batch_size / (P * gradient_accumulation_steps)`` examples per forward pass."""
+    max_seq_length: int | None = None
+    """Task file: tokens per input (lowered to the model's longest input)."""
+    doc_stride: int | None = None
+    """Task file (QA): context tokens between the starts of consecutive windows."""
+    max_query_length: int | None = None
+    """Task file (QA): question tokens kept."""
+    max_answer_length: int | None = None
+    """Task file (QA): longest answer span in tokens."""
+    n_best_size: int | None = None
+    """Task file (QA): start and end candidates per window."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """results.json ``hyperparameters``: the engine settings and those the task file names."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in ENGINE_DEFAULTS or getattr(self, f.name) is not None}
+
+    def result_settings(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the settings that do not change the result (the run hash's part)."""
+        keeps = {f.name for f in fields(self) if not f.metadata.get("affects_weights", True)}
+        return {key: value for key, value in self.to_dict().items() if key not in keeps}
+
+
+#: The task-file settings (no engine default).
+TASK_FILE_SETTINGS = ("learning_rate", "num_train_epochs", "batch_size", "max_seq_length", "doc_stride",
+                      "max_query_length", "max_answer_length", "n_best_size")
+#: Engine settings and their defaults; every one can be overridden.
+ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(FinetuneSettings)
+                                   if f.name not in TASK_FILE_SETTINGS}
 #: Model outputs a zero-gradient pass sums (see :func:`_train_step`).
 _OUTPUT_NAMES = ("logits", "start_logits", "end_logits")
 
@@ -72,36 +130,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _pad(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of features to the longest; labels are padded with -100 (ignored)."""
-    length = max(len(f["input_ids"]) for f in batch)
-    out: dict[str, torch.Tensor] = {}
-    for key in batch[0]:
-        if key == "input_ids":
-            out[key] = torch.tensor([f[key] + [pad_id] * (length - len(f[key])) for f in batch])
-        elif key == "attention_mask":
-            out[key] = torch.tensor([f[key] + [0] * (length - len(f[key])) for f in batch])
-        elif key == "labels" and isinstance(batch[0][key], list):
-            out[key] = torch.tensor([f[key] + [-100] * (length - len(f[key])) for f in batch])
-        else:
-            out[key] = torch.tensor([f[key] for f in batch])
-    return out
-
-
-def _model_inputs(features: list[dict], keys=("input_ids", "attention_mask")) -> list[dict]:
-    return [{k: f[k] for k in keys} for f in features]
-
-
-def process_state():
-    """accelerate's ``PartialState`` (device, process count and rank of this process), with
-    ``ACCELERATE_USE_CPU=1`` honoured as ``Accelerator`` honours it: under ``torchrun`` on a machine
-    without GPUs it is what makes the processes one gloo group instead of independent runs."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
 def execution_record(device: torch.device, **extra) -> dict:
     """results.json ``execution``: the device this process ran on and, on CUDA, the peak memory its
     tensors held (``torch.cuda.max_memory_allocated``, bytes, since :func:`reset_peak_gpu_memory`;
@@ -113,312 +141,6 @@ def execution_record(device: torch.device, **extra) -> dict:
 def reset_peak_gpu_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def _device_of(model) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=device.type == "cuda") for key, value in batch.items()}
-
-
-@torch.no_grad()
-def _forward_batches(model, features: list[dict], batch_size: int, pad_id: int, outputs: Sequence[str]) -> list:
-    """Per-feature numpy outputs (e.g. ``logits`` or ``start_logits``/``end_logits``), trimmed to the
-    feature's own length, in input order.
-
-    Batches of ``batch_size`` features run on the model's device.  Under ``accelerate launch`` each of
-    the P processes runs a contiguous 1/P of the batches and the outputs are gathered, so every process
-    returns all of them (every process must call this: the gather is collective).  The batches are
-    the same whatever P is, so the outputs do not depend on the process count.
-    """
-    from accelerate.utils import gather_object
-
-    model.eval()
-    device = _device_of(model)
-    processes = process_state()
-    starts = list(range(0, len(features), batch_size))
-    world, rank = processes.num_processes, processes.process_index
-    results = []
-    for i in starts[len(starts) * rank // world:len(starts) * (rank + 1) // world]:
-        chunk = features[i:i + batch_size]
-        batch = _to_device(_pad(_model_inputs(chunk), pad_id), device)
-        result = model(**batch)
-        arrays = [getattr(result, name).float().cpu().numpy() for name in outputs]
-        for j, feature in enumerate(chunk):
-            n = len(feature["input_ids"])
-            results.append([a[j, :n] if a.ndim >= 2 and a.shape[1] == batch["input_ids"].shape[1] else a[j]
-                            for a in arrays])
-    return gather_object(results) if world > 1 else results
-
-
-def score_key(metric_name: str) -> str:
-    """results.json key of a registry metric (``pos_f1``/``seqeval_f1`` -> ``f1``)."""
-    return {"pos_f1": "f1", "seqeval_f1": "f1", "tatoeba_accuracy": "accuracy"}.get(metric_name, metric_name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Task families: featurise, predict, score, write predictions
-# ---------------------------------------------------------------------------------------------
-
-class Classification:
-    """Sentence-pair classification (XNLI, PAWS-X)."""
-
-    auto_class = "AutoModelForSequenceClassification"
-
-    def __init__(self, task: TaskSpec, tokenizer, hp: dict):
-        self.task, self.tokenizer, self.hp = task, tokenizer, hp
-        self.label_index = {label: i for i, label in enumerate(task.labels)}
-
-    def model_kwargs(self) -> dict:
-        labels = list(self.task.labels)
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {l: i for i, l in enumerate(labels)}}
-
-    def _encode(self, examples):
-        return self.tokenizer([e["text_a"] for e in examples], [e["text_b"] for e in examples],
-                              truncation=True, max_length=self.hp["max_seq_length"])
-
-    def train_features(self, examples: list[dict]) -> list[dict]:
-        if any(e["label"] is None for e in examples):
-            raise Veco2Error(f"{self.task.name}: the training data has no labels")
-        enc = self._encode(examples)
-        return [{"input_ids": ids, "attention_mask": mask, "labels": self.label_index[e["label"]]}
-                for ids, mask, e in zip(enc["input_ids"], enc["attention_mask"], examples)]
-
-    def predict(self, model, examples: list[dict]) -> list[str]:
-        enc = self._encode(examples)
-        features = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
-        out = _forward_batches(model, features, self.hp["eval_batch_size"], self.tokenizer.pad_token_id, ["logits"])
-        return [self.task.labels[int(np.argmax(logits))] for (logits,) in out]
-
-    def score(self, examples: list[dict], predictions: list[str], lang: str) -> dict[str, float]:
-        gold = [e["label"] for e in examples]
-        if any(g is None for g in gold):
-            raise Veco2Error(f"{self.task.name} {lang}: the test file has no labels (leaderboard placeholder); "
-                             "score it with labelled data (e.g. from the hub via `veco2 prefetch`)")
-        return {"accuracy": metrics.accuracy(predictions, gold)}
-
-    @staticmethod
-    def prediction_text(predictions: list[str]) -> str:
-        return "".join(f"{p}\n" for p in predictions)
-
-    suffix = "tsv"
-
-
-class Tagging:
-    """Word-level sequence labelling (UD-POS, PAN-X); first-subword labelling, long sentences windowed."""
-
-    auto_class = "AutoModelForTokenClassification"
-    model_kwargs = Classification.model_kwargs
-    suffix = "tsv"
-
-    def __init__(self, task: TaskSpec, tokenizer, hp: dict):
-        self.task, self.tokenizer, self.hp = task, tokenizer, hp
-        self.label_index = {label: i for i, label in enumerate(task.labels)}
-        self.budget = hp["max_seq_length"] - tokenizer.num_special_tokens_to_add(pair=False)
-
-    def windows(self, examples: list[dict]) -> list[tuple[int, int, int]]:
-        """``(example index, first word, end word)`` windows that fit ``max_seq_length``."""
-        counts = self.tokenizer([e["words"] for e in examples], is_split_into_words=True,
-                                add_special_tokens=False)
-        result = []
-        for i, e in enumerate(examples):
-            per_word = [0] * len(e["words"])
-            for word_id in counts.word_ids(i):
-                if word_id is not None:
-                    per_word[word_id] += 1
-            result.extend((i, s, t) for s, t in word_windows(per_word, self.budget))
-        return result
-
-    def _features(self, examples, with_labels: bool) -> list[dict]:
-        windows = self.windows(examples)
-        enc = self.tokenizer([examples[i]["words"][s:t] for i, s, t in windows], is_split_into_words=True,
-                             truncation=True, max_length=self.hp["max_seq_length"])
-        features = []
-        for w, (i, s, t) in enumerate(windows):
-            word_ids = enc.word_ids(w)
-            first = [k for k, wid in enumerate(word_ids) if wid is not None and (k == 0 or word_ids[k - 1] != wid)]
-            feature = {"input_ids": enc["input_ids"][w], "attention_mask": enc["attention_mask"][w],
-                       "example": i, "word_start": s, "n_words": t - s,
-                       "first_subword": {word_ids[k]: k for k in first}}
-            if with_labels:
-                labels = [-100] * len(word_ids)
-                for k in first:
-                    labels[k] = self.label_index[examples[i]["tags"][s + word_ids[k]]]
-                feature["labels"] = labels
-            features.append(feature)
-        return features
-
-    def train_features(self, examples: list[dict]) -> list[dict]:
-        if any(e["tags"] is None for e in examples):
-            raise Veco2Error(f"{self.task.name}: the training data has no tags")
-        return [{k: f[k] for k in ("input_ids", "attention_mask", "labels")}
-                for f in self._features(examples, with_labels=True)]
-
-    def predict(self, model, examples: list[dict]) -> list[list[str]]:
-        """One tag per word for every sentence (windows concatenated back in order)."""
-        features = self._features(examples, with_labels=False)
-        predictions = [[None] * len(e["words"]) for e in examples]
-        unpredicted = 0
-        out = _forward_batches(model, features, self.hp["eval_batch_size"], self.tokenizer.pad_token_id, ["logits"])
-        for feature, (logits,) in zip(features, out):
-            sentence = predictions[feature["example"]]
-            for word in range(feature["n_words"]):
-                position = feature["first_subword"].get(word)
-                if position is None:  # a word the tokenizer turned into nothing: count, give labels[0]
-                    unpredicted += 1
-                    sentence[feature["word_start"] + word] = self.task.labels[0]
-                else:
-                    sentence[feature["word_start"] + word] = self.task.labels[int(np.argmax(logits[position]))]
-        if unpredicted:
-            log.warning("%s: %d words had no subword token and were given %r", self.task.name,
-                        unpredicted, self.task.labels[0])
-        return predictions
-
-    def score(self, examples: list[dict], predictions: list[list[str]], lang: str) -> dict[str, float]:
-        gold = [e["tags"] for e in examples]
-        if any(g is None for g in gold):
-            raise Veco2Error(f"{self.task.name} {lang}: the test file has no tags (leaderboard placeholder); "
-                             "score it with labelled data (e.g. from the hub via `veco2 prefetch`)")
-        scores = {}
-        for name in self.task.metrics:
-            scores[score_key(name)] = metrics.METRICS[name](gold, predictions)
-        return scores
-
-    @staticmethod
-    def prediction_text(predictions: list[list[str]]) -> str:
-        # leaderboard layout: one tag per line, a blank line after every sentence
-        return "".join("".join(f"{tag}\n" for tag in sentence) + "\n" for sentence in predictions)
-
-
-def best_span(start_logits, end_logits, context_mask, n_best: int, max_answer_length: int):
-    """The best answer span of one window: ``(score, start, end)`` or None.
-
-    Candidates are the ``n_best`` highest start and end positions; a pair is valid when both lie in
-    the context (``context_mask``), ``end >= start`` and ``end - start + 1 <= max_answer_length``.
-    Score = ``start_logits[start] + end_logits[end]`` (as BERT/XTREME's SQuAD post-processing).
-    """
-    start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
-    starts = np.argsort(-start_logits, kind="stable")[:n_best]
-    ends = np.argsort(-end_logits, kind="stable")[:n_best]
-    best = None
-    for s in starts:
-        if not context_mask[s]:
-            continue
-        for e in ends:
-            if not context_mask[e] or e < s or e - s + 1 > max_answer_length:
-                continue
-            score = float(start_logits[s] + end_logits[e])
-            if best is None or score > best[0]:
-                best = (score, int(s), int(e))
-    return best
-
-
-class QuestionAnswering:
-    """Extractive QA (XQuAD, MLQA, TyDiQA-GoldP) with sliding windows and n-best decoding."""
-
-    auto_class = "AutoModelForQuestionAnswering"
-    suffix = "json"
-
-    def __init__(self, task: TaskSpec, tokenizer, hp: dict):
-        self.task, self.tokenizer, self.hp = task, tokenizer, hp
-        self.skipped_answers = 0
-        self.source = ""  # where the training questions come from, for the skip message (run_finetune sets it)
-
-    def model_kwargs(self) -> dict:
-        return {}
-
-    def _windows(self, example: dict) -> Any:
-        """Tokenise one question/context pair into windows ``doc_stride`` context tokens apart."""
-        tok, hp = self.tokenizer, self.hp
-        question = example["question"].lstrip()
-        q = tok(question, add_special_tokens=False, return_offsets_mapping=True)
-        if len(q["input_ids"]) > hp["max_query_length"]:  # XTREME truncates long questions
-            question = question[:q["offset_mapping"][hp["max_query_length"] - 1][1]]
-            q_len = hp["max_query_length"]
-        else:
-            q_len = len(q["input_ids"])
-        room = hp["max_seq_length"] - q_len - tok.num_special_tokens_to_add(pair=True)
-        if room < 1:
-            raise ConfigError(f"max_seq_length {hp['max_seq_length']} leaves no room for the context "
-                              f"after a {q_len}-token question")
-        # overlap between consecutive windows = room - doc_stride (so windows start doc_stride apart)
-        overlap = max(0, min(room - 1, room - hp["doc_stride"]))
-        return tok(question, example["context"], truncation="only_second", max_length=hp["max_seq_length"],
-                   stride=overlap, return_overflowing_tokens=True, return_offsets_mapping=True)
-
-    def train_features(self, examples: list[dict]) -> list[dict]:
-        features = []
-        skipped: dict[str, list[str]] = {"no answer": [], "answer text not at answer_start": []}
-        for example in examples:
-            if not example["answers"]["text"]:
-                skipped["no answer"].append(str(example["id"]))
-                continue
-            text, start_char = example["answers"]["text"][0], example["answers"]["answer_start"][0]
-            end_char = start_char + len(text)
-            if example["context"][start_char:end_char] != text:  # misaligned answer (translated data)
-                skipped["answer text not at answer_start"].append(str(example["id"]))
-                continue
-            enc = self._windows(example)
-            for w in range(len(enc["input_ids"])):
-                offsets, seq_ids = enc["offset_mapping"][w], enc.sequence_ids(w)
-                context = [k for k, sid in enumerate(seq_ids) if sid == 1]
-                start = end = 0  # answer not in this window: point at <s>
-                if context and offsets[context[0]][0] <= start_char and offsets[context[-1]][1] >= end_char:
-                    start = next(k for k in context if offsets[k][1] > start_char)
-                    end = next(k for k in reversed(context) if offsets[k][0] < end_char)
-                features.append({"input_ids": enc["input_ids"][w], "attention_mask": enc["attention_mask"][w],
-                                 "start_positions": start, "end_positions": end})
-        self.skipped_answers = sum(len(ids) for ids in skipped.values())
-        if self.skipped_answers:
-            where = f" of {self.source}" if self.source else ""
-            reasons = "; ".join(f"{reason}: {len(ids)} (ids {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
-                                for reason, ids in skipped.items() if ids)
-            log.warning("%s: left out %d training questions%s without a locatable answer -- %s", self.task.name,
-                        self.skipped_answers, where, reasons)
-        return features
-
-    def predict(self, model, examples: list[dict]) -> dict[str, str]:
-        features = []
-        for i, example in enumerate(examples):
-            enc = self._windows(example)
-            for w in range(len(enc["input_ids"])):
-                seq_ids = enc.sequence_ids(w)
-                features.append({"input_ids": enc["input_ids"][w], "attention_mask": enc["attention_mask"][w],
-                                 "example": i, "offsets": enc["offset_mapping"][w],
-                                 "context_mask": [sid == 1 for sid in seq_ids]})
-        best: dict[int, tuple] = {}
-        out = _forward_batches(model, features, self.hp["eval_batch_size"], self.tokenizer.pad_token_id,
-                               ["start_logits", "end_logits"])
-        for feature, (start_logits, end_logits) in zip(features, out):
-            span = best_span(start_logits, end_logits, feature["context_mask"], self.hp["n_best_size"],
-                             self.hp["max_answer_length"])
-            if span is None:
-                continue
-            i = feature["example"]
-            if i not in best or span[0] > best[i][0]:
-                offsets = feature["offsets"]
-                best[i] = (span[0], offsets[span[1]][0], offsets[span[2]][1])
-        answers = {}
-        for i, example in enumerate(examples):
-            answers[example["id"]] = example["context"][best[i][1]:best[i][2]].strip() if i in best else ""
-        return answers
-
-    def score(self, examples: list[dict], predictions: dict[str, str], lang: str) -> dict[str, float]:
-        references = {e["id"]: e["answers"]["text"] for e in examples}
-        if self.task.metric == "mlqa_f1_em":
-            return metrics.mlqa_f1_em(predictions, references, lang)
-        return metrics.METRICS[self.task.metric](predictions, references)
-
-    @staticmethod
-    def prediction_text(predictions: dict[str, str]) -> str:
-        return json.dumps(predictions, ensure_ascii=False, indent=1) + "\n"
-
-
-FAMILIES = {"classification": Classification, "tagging": Tagging, "qa": QuestionAnswering}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,34 +174,43 @@ def max_model_length(model_dir: str | Path) -> int | None:
     return positions
 
 
-def cap_length(hp: dict, key: str, model_dir: str | Path) -> None:
-    """Lower ``hp[key]`` to the model's longest input (logged) so that no position runs past the table."""
+def cap_length(length: int, model_dir: str | Path, name: str = "max_seq_length") -> int:
+    """``length`` lowered to the model's longest input (logged) so that no position runs past the table."""
     limit = max_model_length(model_dir)
-    if limit is not None and hp[key] > limit:
-        log.warning("%s %d exceeds the model's %d positions; using %d", key, hp[key], limit, limit)
-        hp[key] = limit
+    if limit is not None and length > limit:
+        log.warning("%s %d exceeds the model's %d positions; using %d", name, length, limit, limit)
+        return limit
+    return length
 
 
-def resolve_hyperparameters(task: TaskSpec, overrides: dict | None = None) -> dict:
-    """Task-file defaults, then engine defaults for missing keys, then ``overrides`` (checked)."""
-    hp = {**ENGINE_DEFAULTS, **task.hyperparameters}
-    for key, value in (overrides or {}).items():
-        if key not in hp:
-            raise ConfigError(f"unknown fine-tuning setting {key!r}; settings: {', '.join(sorted(hp))}")
-        hp[key] = value
+def resolve_hyperparameters(task: TaskSpec, overrides: dict | None = None) -> FinetuneSettings:
+    """The engine defaults, then the task file's settings, then ``overrides`` (checked)."""
+    settings = FinetuneSettings()
+    merge_into(settings, dict(task.hyperparameters), task.path or task.name)
+    names = [*ENGINE_DEFAULTS, *(key for key in task.hyperparameters if key not in ENGINE_DEFAULTS)]
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if key not in names:
+            raise ConfigError(f"unknown fine-tuning setting {key!r}; settings: {', '.join(sorted(names))}")
+    resolved = {**settings.to_dict(), **overrides}
     for key in ("batch_size", "max_seq_length", "num_train_epochs", "eval_batch_size",
                 "gradient_accumulation_steps", "logging_steps"):
-        if not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {hp[key]!r}")
+        value = resolved.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     for key in ("max_steps", "save_steps"):
-        if hp[key] is not None and (not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 1):
-            raise ConfigError(f"{key} must be a positive integer or null, got {hp[key]!r}")
-    if hp["mixed_precision"] in (False, None):  # YAML reads `--set mixed_precision=no` as false
-        hp["mixed_precision"] = "no"
-    if hp["mixed_precision"] not in MIXED_PRECISION:
-        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {hp['mixed_precision']!r}")
-    hp["report_to"] = _check_trackers(hp["report_to"])
-    return hp
+        value = resolved[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
+    if "mixed_precision" in overrides and overrides["mixed_precision"] in (False, None):
+        overrides["mixed_precision"] = "no"  # YAML reads `mixed_precision=no` as false
+    if overrides.get("mixed_precision", "no") not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                          f"got {overrides['mixed_precision']!r}")
+    if "report_to" in overrides:
+        overrides["report_to"] = _check_trackers(overrides["report_to"])
+    merge_into(settings, overrides, "fine-tuning settings")
+    return settings
 
 
 def _check_trackers(report_to) -> str:
@@ -497,14 +228,14 @@ def _check_trackers(report_to) -> str:
     return ",".join(names)
 
 
-def micro_batch_size(hp: dict, num_processes: int) -> int:
+def micro_batch_size(settings: FinetuneSettings, num_processes: int) -> int:
     """Examples per forward pass of one process: ``batch_size / (processes * gradient_accumulation_steps)``."""
-    parts = num_processes * hp["gradient_accumulation_steps"]
-    if hp["batch_size"] % parts:
-        raise ConfigError(f"batch_size {hp['batch_size']} (the global batch of one optimizer step) is not divisible "
+    parts = num_processes * settings.gradient_accumulation_steps
+    if settings.batch_size % parts:
+        raise ConfigError(f"batch_size {settings.batch_size} (the global batch of one optimizer step) is not divisible "
                           f"by {num_processes} process(es) x gradient_accumulation_steps "
-                          f"{hp['gradient_accumulation_steps']}")
-    return hp["batch_size"] // parts
+                          f"{settings.gradient_accumulation_steps}")
+    return settings.batch_size // parts
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict:
@@ -523,7 +254,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
     result = {}
     for pair in pairs or ():
         if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
         result[key.strip()] = scalar(value.strip())
     return result
@@ -578,15 +309,15 @@ def _load_checkpoint(path: Path) -> dict:
     return saved
 
 
-def _optimizer(model, hp: dict):
+def _optimizer(model, settings: FinetuneSettings):
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
-         "weight_decay": hp["weight_decay"]},
+         "weight_decay": settings.weight_decay},
         {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)],
          "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, eps=settings.adam_epsilon)
 
 
 def _dev_score(task: TaskSpec, family, model, dev_examples) -> tuple[float, dict]:
@@ -653,13 +384,13 @@ def _train_step(model, accelerator, features: list[dict], rows: list[int], pad_i
         sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
         with sync:
             if units:
-                batch = _to_device(_pad([features[i] for i in share], pad_id), accelerator.device)
+                batch = to_device(pad_features([features[i] for i in share], pad_id), accelerator.device)
                 loss = model(**batch).loss
                 weight = world * units / total_units
                 if weight != 1.0:
                     loss = loss * weight
             else:  # nothing of the batch to learn from here: a zero-gradient pass keeps DDP's all-reduce in step
-                batch = _to_device(_pad(_model_inputs([features[i] for i in share or rows[:1]]), pad_id),
+                batch = to_device(pad_features(model_inputs([features[i] for i in share or rows[:1]]), pad_id),
                                    accelerator.device)
                 out = model(**batch)
                 loss = sum(getattr(out, k).float().sum() for k in _OUTPUT_NAMES if getattr(out, k, None) is not None) * 0.0
@@ -668,30 +399,30 @@ def _train_step(model, accelerator, features: list[dict], rows: list[int], pad_i
     return step_loss
 
 
-def check_runtime(hp: dict) -> None:
+def check_runtime(settings: FinetuneSettings) -> None:
     """Refuse what accelerate would silently ignore here: fp16 without a GPU, an uninstalled tracker."""
     from accelerate.tracking import get_available_trackers
 
-    if hp["mixed_precision"] == "fp16" and process_state().device.type == "cpu":  # accelerate would run fp32
+    if settings.mixed_precision == "fp16" and process_state().device.type == "cpu":  # accelerate would run fp32
         raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 on a CPU")
     available = {str(tracker) for tracker in get_available_trackers()}
-    missing = [name for name in hp["report_to"].split(",") if name not in ("none", "all") and name not in available]
+    missing = [name for name in settings.report_to.split(",") if name not in ("none", "all") and name not in available]
     if missing:
-        raise ConfigError(f"report_to={hp['report_to']}: the package of {', '.join(missing)} is not installed "
+        raise ConfigError(f"report_to={settings.report_to}: the package of {', '.join(missing)} is not installed "
                           f"(pip install {' '.join(missing)})")
 
 
-def make_accelerator(hp: dict, logging_dir: Path):
-    """The ``accelerate.Accelerator`` of one seed: ``hp["mixed_precision"]``, trackers ``hp["report_to"]``
+def make_accelerator(settings: FinetuneSettings, logging_dir: Path):
+    """The ``accelerate.Accelerator`` of one seed: ``settings.mixed_precision``, trackers ``settings.report_to``
     writing under ``logging_dir`` (TensorBoard: ``logging_dir/veco2-finetune/``)."""
     from accelerate import Accelerator
 
-    check_runtime(hp)
-    trackers = None if hp["report_to"] == "none" else hp["report_to"].split(",")
-    return Accelerator(mixed_precision=hp["mixed_precision"], log_with=trackers, project_dir=str(logging_dir))
+    check_runtime(settings)
+    trackers = None if settings.report_to == "none" else settings.report_to.split(",")
+    return Accelerator(mixed_precision=settings.mixed_precision, log_with=trackers, project_dir=str(logging_dir))
 
 
-def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: int, hp: dict,
+def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: int, settings: FinetuneSettings,
                train_features: list[dict], dev_examples: list[dict] | None, run_hash: str, accelerator=None):
     """Fine-tune one seed; returns (model with the selected weights, state).  Resumes from
     ``seed_dir/checkpoint.pt`` when it belongs to the same run (same ``run_hash``).
@@ -704,18 +435,16 @@ def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: in
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    accelerator = accelerator or make_accelerator(hp, seed_dir / "logs")
+    accelerator = accelerator or make_accelerator(settings, seed_dir / "logs")
     rank, device, main = accelerator.process_index, accelerator.device, accelerator.is_main_process
-    accumulation = hp["gradient_accumulation_steps"]
-    micro_batch_size(hp, accelerator.num_processes)  # checks that the global batch divides
+    accumulation = settings.gradient_accumulation_steps
+    micro_batch_size(settings, accelerator.num_processes)  # checks that the global batch divides
     model = _load_model(family, model_dir, seed)
-    optimizer = _optimizer(model, hp)
-    per_epoch = math.ceil(len(train_features) / hp["batch_size"])
-    total = per_epoch * hp["num_train_epochs"]
-    if hp["max_steps"] is not None:
-        total = min(total, hp["max_steps"])
+    optimizer = _optimizer(model, settings)
+    per_epoch = math.ceil(len(train_features) / settings.batch_size)
+    total = settings.max_steps if settings.max_steps is not None else per_epoch * settings.num_train_epochs
     # The scheduler is not prepared: accelerate's wrapper would step it once per process and step.
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(hp["warmup_steps"], total), total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(settings.warmup_steps, total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # DDP's inner module (same parameters), for saving and predicting
     if rank:
@@ -768,19 +497,19 @@ def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: in
         save_checkpoint()
 
     accelerator.init_trackers("veco2-finetune", config={"task": task.name, "seed": seed, **{
-        k: v for k, v in hp.items() if isinstance(v, (bool, int, float, str))}})
+        k: v for k, v in settings.to_dict().items() if isinstance(v, (bool, int, float, str))}})
     progress = tqdm(total=total, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc=f"{task.name} seed {seed}", unit="step")
     window_loss, window_steps = torch.zeros((), device=device), 0
     model.train()
     pad_id = family.tokenizer.pad_token_id
-    eval_steps, save_steps = hp["eval_steps"], hp["save_steps"]
-    while state.step < total and state.epoch < hp["num_train_epochs"]:
+    eval_steps, save_steps = settings.eval_steps, settings.save_steps
+    while state.step < total:
         order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed * 1000 + state.epoch))
-        batches = [order[i:i + hp["batch_size"]].tolist() for i in range(0, len(order), hp["batch_size"])]
+        batches = [order[i:i + settings.batch_size].tolist() for i in range(0, len(order), settings.batch_size)]
         for b in range(state.batches_done, len(batches)):
             window_loss += _train_step(model, accelerator, train_features, batches[b], pad_id, accumulation)
-            accelerator.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
+            accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowing step changes nothing
                 scheduler.step()
@@ -791,19 +520,20 @@ def train_seed(task: TaskSpec, family, model_dir: Path, seed_dir: Path, seed: in
                 state.epoch, state.batches_done = state.epoch + 1, 0
             window_steps += 1
             progress.update(1)
-            if state.step % hp["logging_steps"] == 0 or state.step >= total:
+            if state.step % settings.logging_steps == 0 or state.step >= total:
                 record = {"train/loss": float(accelerator.reduce(window_loss, "mean")) / window_steps,
                           "train/learning_rate": scheduler.get_last_lr()[0],
                           "train/epoch": state.epoch + state.batches_done / len(batches)}
                 accelerator.log(record, step=state.step)
                 progress.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/learning_rate']:.2e}")
                 window_loss, window_steps = torch.zeros((), device=device), 0
-            if state.step >= total or state.batches_done == 0 or (eval_steps and state.step % eval_steps == 0):
+            epoch_end = state.batches_done == 0
+            if state.step >= total or (state.step % eval_steps == 0 if eval_steps else epoch_end):
                 evaluate_and_checkpoint()
             elif save_steps and state.step % save_steps == 0:
                 save_checkpoint()
             fault_point(f"finetune-step:{state.step}")  # crash tests: killed between steps
-            if state.step >= total or state.batches_done == 0:
+            if state.step >= total or epoch_end:  # a new epoch: a new order
                 break
     progress.close()
     accelerator.wait_for_everyone()  # the main process has written best.safetensors
@@ -828,19 +558,6 @@ def _safetensors_bytes(state_dict: dict) -> bytes:
 # The run: data once, then every seed
 # ---------------------------------------------------------------------------------------------
 
-def _resolve_languages(task: TaskSpec, languages, data_root, hub: bool) -> tuple[list[str], bool]:
-    """The test languages and whether they are a declared subset (demo data)."""
-    if languages:
-        return list(task.check_languages(languages)), sorted(languages) != sorted(task.languages)
-    if not hub and is_demo_root(resolve_root(data_root)):
-        found = available_languages(task, data_root)
-        if not found:
-            raise Veco2Error(f"{task.name}: the packaged demo data has no test files for this task; pass "
-                             f"--data-root DIR fetched with `veco2 prefetch --tasks {task.name} --out DIR`")
-        return found, found != list(task.languages)
-    return list(task.languages), False
-
-
 def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Path, seeds: Sequence[int] = (1, 2, 3),
                  data_root: str | Path | None = None, hub: bool = False, overrides: dict | None = None,
                  languages: Sequence[str] | None = None, translate_train: bool = False) -> list[dict]:
@@ -856,7 +573,7 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
         data_root: local official-format layout (default: ``$VECO2_XTREME_DATA`` or the packaged demo data,
             whose languages are then the ones it has).  Ignored when ``hub`` is True.
         hub: read ``google/xtreme`` from the Hugging Face hub instead (network).
-        overrides: hyper-parameters on top of the task file (see :data:`ENGINE_DEFAULTS`), e.g.
+        overrides: settings on top of the task file (fields of :class:`FinetuneSettings`), e.g.
             ``{"max_steps": 20, "batch_size": 8}``.
         languages: test languages (default: the task's official list).
         translate_train: add machine-translated train data of every test language (docs/finetuning.md).
@@ -870,12 +587,13 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
     if spec.family not in FAMILIES:
         raise Veco2Error(f"{spec.name} is a {spec.family} task without fine-tuning; use `veco2 evaluate --task {spec.name}`")
     out_dir = Path(out_dir)
-    hp = resolve_hyperparameters(spec, overrides)
-    check_runtime(hp)
-    micro = micro_batch_size(hp, process_state().num_processes)
+    settings = resolve_hyperparameters(spec, overrides)
+    check_runtime(settings)
+    micro = micro_batch_size(settings, process_state().num_processes)
     model_dir = resolve_pretrained(model_dir)
-    cap_length(hp, "max_seq_length", model_dir)
-    test_languages, subset = _resolve_languages(spec, languages, data_root, hub)
+    settings.max_seq_length = cap_length(settings.max_seq_length, model_dir)
+    test_languages = run_languages(spec, languages, data_root, hub)
+    subset = sorted(test_languages) != sorted(spec.languages)  # a declared subset (demo data)
     root = None if hub else resolve_root(data_root)
     data_info = {"source": "hub" if hub else "local", "root": None if hub else str(root),
                  "demo": bool(root is not None and is_demo_root(root)), "translate_train": translate_train}
@@ -888,25 +606,25 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
         for lang in test_languages:
             if lang != spec.train_language:
                 train = train + load_split(spec, "translate_train", lang, data_root=data_root)
-    if hp["max_train_examples"]:
-        train = train[:hp["max_train_examples"]]
+    if settings.max_train_examples:
+        train = train[:settings.max_train_examples]
     dev = load_split(spec, "dev", spec.train_language, data_root=data_root, hub=hub)
     tests = {lang: load_split(spec, "test", lang, data_root=data_root, hub=hub) for lang in test_languages}
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    family = FAMILIES[spec.family](spec, tokenizer, hp)
+    family = FAMILIES[spec.family](spec, tokenizer, settings)
     family.source = (f"{spec.hub['train']['path']} (hub)" if hub and spec.hub.get("train") else
                      str(local_path(spec, "train", spec.train_language, root)) if root is not None else "")
     train_features = family.train_features(train)
     if not train_features:
         raise Veco2Error(f"{spec.name}: no usable training examples")
     identity = model_identity(model_dir)
-    hashed_hp = {k: v for k, v in hp.items() if k not in _NON_RESULT_KEYS}
+    hashed_settings = settings.result_settings()
 
     results = []
     for seed in seeds:
         seed_dir = out_dir / spec.name / f"seed{seed}"
-        run_config = {"task": spec.name, "version": spec.version, "seed": seed, "hyperparameters": hashed_hp,
+        run_config = {"task": spec.name, "version": spec.version, "seed": seed, "hyperparameters": hashed_settings,
                       "model": identity, "languages": test_languages, "data": data_info,
                       "n_train": len(train)}
         run_hash = config_hash(run_config)
@@ -918,35 +636,38 @@ def run_finetune(task: str | TaskSpec, model_dir: str | Path, out_dir: str | Pat
                 results.append(previous)
                 continue
         started = time.time()
-        accelerator = make_accelerator(hp, seed_dir / "logs")
+        accelerator = make_accelerator(settings, seed_dir / "logs")
         reset_peak_gpu_memory(accelerator.device)  # the peak recorded is this seed's
-        model, state = train_seed(spec, family, model_dir, seed_dir, seed, hp, train_features, dev, run_hash,
+        model, state = train_seed(spec, family, model_dir, seed_dir, seed, settings, train_features, dev, run_hash,
                                   accelerator=accelerator)
-        scores = {}
+        scores, statistics = {}, {}
         for lang, examples in tests.items():
             predictions = family.predict(model, examples)  # sharded over the processes, gathered
             if accelerator.is_main_process:
                 write_text(seed_dir / "predictions" / spec.name / f"test-{lang}.{family.suffix}",
                            family.prediction_text(predictions))
             scores[lang] = family.score(examples, predictions, lang)
+            statistics[lang] = family.statistics(examples, predictions, lang)
+            check_statistics(statistics[lang], scores[lang], f"{spec.name} {lang}")
         summary = aggregate.task_score(scores, spec.name, languages=test_languages)
-        record = {
-            "task": spec.name, "version": spec.version, "languages": test_languages, "seed": seed,
-            "scores": scores, "task_score": summary["score"], "task_means": summary,
-            "language_subset": subset,
-            "selection": {"on": f"{spec.train_language} dev" if dev is not None else "final checkpoint (no dev set)",
-                          "best_step": state.best_step, "best_dev_score": state.best_score,
-                          "steps": state.step, "history": state.history},
-            "hyperparameters": hp, "model": identity, "data": data_info, "n_train_examples": len(train),
-            "n_train_features": len(train_features),
-            "execution": execution_record(accelerator.device, num_processes=accelerator.num_processes,
-                                          micro_batch_size=micro, mixed_precision=accelerator.mixed_precision),
-            "wall_seconds": round(time.time() - started, 2),
-            "run_hash": run_hash, "provenance": provenance(run_config),
-        }
+        result = RunResult(
+            task=spec.name, version=spec.version, languages=test_languages, seed=seed,
+            scores=scores, task_score=summary["score"], task_means=summary,
+            language_subset=subset,
+            selection={"on": f"{spec.train_language} dev" if dev is not None else "final checkpoint (no dev set)",
+                       "best_step": state.best_step, "best_dev_score": state.best_score,
+                       "steps": state.step, "history": state.history},
+            hyperparameters=settings.to_dict(), model=identity, data=data_info, n_train_examples=len(train),
+            n_train_features=len(train_features),
+            execution=execution_record(accelerator.device, num_processes=accelerator.num_processes,
+                                       micro_batch_size=micro, mixed_precision=accelerator.mixed_precision),
+            wall_seconds=round(time.time() - started, 2),
+            run_hash=run_hash, provenance=provenance(run_config),
+        )
         if accelerator.is_main_process:
-            write_json(results_path, record)
+            write_example_statistics(seed_dir, statistics)
+            result.write(results_path)
             (seed_dir / "checkpoint.pt").unlink(missing_ok=True)
         accelerator.wait_for_everyone()  # no process looks at the next seed's files before they are final
-        results.append(record)
+        results.append(result.to_json())
     return results

@@ -1,43 +1,10 @@
 """XTREME scorers: accuracy, seqeval entity F1 (NER and UD-POS), SQuAD and MLQA F1 / exact match.
 
-Scale: EVERY metric function in veco2.xtreme (this module and :mod:`veco2.xtreme.retrieval`)
-returns PERCENT, 0-100, like the XTREME leaderboard and the official ``evaluate.py`` (which
-multiplies scikit-learn / seqeval fractions by 100).  Aggregation (:mod:`veco2.xtreme.aggregate`)
-averages these numbers as they are; nothing is rescaled later.
-
-What each scorer reproduces (google-research/xtreme ``evaluate.py`` + ``third_party/``):
-
-- :func:`accuracy` - XNLI, PAWS-X (``sklearn.metrics.accuracy_score * 100``).
-- :func:`seqeval_f1` - micro entity F1 over chunks read the way seqeval reads them.  PAN-X is
-  scored with it on IOB2 tags; UD-POS is scored with it on *plain UPOS tags* (:func:`pos_f1`),
-  which is what the official scorer does.  seqeval reads the first letter of every tag as a
-  chunk prefix, so the number is not token accuracy (reported beside it: :func:`token_accuracy`).
-- :func:`squad_f1_em` - XQuAD and TyDiQA-GoldP (SQuAD v1.1 ``evaluate-v1.1.py`` for every language).
-- :func:`mlqa_f1_em` - MLQA (``mlqa_evaluation_v1.py``, per-language normaliser).
-
-seqeval versions (why ``semantics=`` exists)
---------------------------------------------
-XTREME released with seqeval 0.0.12; the installed package is 1.x.  Both flatten sentences
-with an ``O`` between them and use the same chunk start/end rules on the first letter of
-each tag (``B I E S O`` and ``.`` are special; any other letter behaves like a chunk that
-continues while the *type* stays the same).  They differ in how the type is parsed:
-
-=================  ================================  =====================================
-tag                0.0.12: ``tag.split('-')[-1]``    >=0.0.13 / 1.x: ``tag[1:].split('-', 1)[-1] or '_'``
-=================  ================================  =====================================
-``B-PER``          ``PER``                           ``PER``             (IOB2 NER: identical)
-``CCONJ``          ``CCONJ``                         ``CONJ``
-``SCONJ``          ``SCONJ``                         ``CONJ``            (same type as CCONJ)
-``X``              ``X``                             ``_`` (= the type of ``O``)
-=================  ================================  =====================================
-
-Consequences on UPOS data: (1) under 1.x ``CCONJ`` and ``SCONJ`` are one type, so e.g.
-``CCONJ SCONJ`` gives the single chunk ``(CONJ, 1, 1)`` (the S-prefix restarts the chunk and
-the CCONJ token is lost) where 0.0.12 gives two chunks; (2) under 1.x an ``X`` run followed by the end of a sentence (or an ``O``)
-never ends, so it is dropped from the chunk set.  On NER IOB/IOB2/IOBES tags both give the
-same result (tested against the installed package on random data).  ``semantics="0.0.12"``
-(default) gives the XTREME-compatible number; ``semantics="1.x"`` reproduces the installed
-package, which the tests use as an independent reference.
+Every metric function in veco2.xtreme (this module and :mod:`veco2.xtreme.retrieval`) returns
+PERCENT, 0-100, like the official google-research/xtreme ``evaluate.py`` and ``third_party/``
+scorers the functions reproduce.  ``semantics="0.0.12"`` (default) reads tags as seqeval 0.0.12
+(XTREME's) does, ``"1.x"`` as the installed seqeval.  What each scorer reproduces and how the
+seqeval versions differ: ``docs/xtreme.md#metrics``.
 """
 
 from __future__ import annotations
@@ -47,7 +14,10 @@ import re
 import string
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from veco2.errors import Veco2Error
 
@@ -140,7 +110,7 @@ def seqeval_f1(gold: list[list[str]], pred: list[list[str]], *, semantics: str =
     Args:
         gold, pred: one list of tags per sentence; same shapes (else :class:`Veco2Error`).
         semantics: ``"0.0.12"`` (XTREME's release-time seqeval, default) or ``"1.x"`` (the
-            installed seqeval 1.2.2); see the module docstring for the difference.
+            installed seqeval 1.2.2); see docs/xtreme.md#metrics for the difference.
     """
     _check_parallel(gold, pred, "seqeval_f1")
     true_chunks = set(get_entities(gold, semantics=semantics))
@@ -192,18 +162,18 @@ def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _qa_scores(
+def _qa_per_question(
     predictions: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
     normalize: Callable[[str], str],
     what: str,
-) -> dict[str, float]:
-    """F1 / EM in percent, max over the gold answers of each question, averaged over ALL
-    reference questions.  A question without a prediction scores 0 (as the official scripts
-    do), with a logged count; predictions for unknown ids are ignored, also logged."""
+) -> tuple[list[float], list[float]]:
+    """F1 and EM (0-1) of every reference question, in the order of ``references``, max over its
+    gold answers; a question without a prediction scores 0 (as the official scripts do), with a
+    logged count; predictions for unknown ids are ignored, also logged."""
     if not references:
         raise Veco2Error(f"{what}: no reference questions to score")
-    f1_total = em_total = 0.0
+    f1s, ems = [], []
     unanswered = 0
     for qid, answers in references.items():
         if isinstance(answers, str):
@@ -212,18 +182,32 @@ def _qa_scores(
             raise Veco2Error(f"{what}: question {qid!r} has no gold answer")
         if qid not in predictions:
             unanswered += 1
+            f1s.append(0.0)
+            ems.append(0.0)
             continue
         pred_norm = normalize(predictions[qid])
         gold_norms = [normalize(a) for a in answers]
-        em_total += max(float(pred_norm == g) for g in gold_norms)
-        f1_total += max(_token_f1(pred_norm.split(), g.split()) for g in gold_norms)
+        ems.append(max(float(pred_norm == g) for g in gold_norms))
+        f1s.append(max(_token_f1(pred_norm.split(), g.split()) for g in gold_norms))
     if unanswered:
         log.warning("%s: %d of %d questions have no prediction and score 0", what, unanswered, len(references))
     extra = len(set(predictions) - set(references))
     if extra:
         log.warning("%s: %d predictions for question ids not in the references were ignored", what, extra)
+    return f1s, ems
+
+
+def _qa_scores(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    normalize: Callable[[str], str],
+    what: str,
+) -> dict[str, float]:
+    """F1 / EM in percent, max over the gold answers of each question, averaged over ALL
+    reference questions (:func:`_qa_per_question`)."""
+    f1s, ems = _qa_per_question(predictions, references, normalize, what)
     n = len(references)
-    return {"f1": 100.0 * f1_total / n, "exact_match": 100.0 * em_total / n}
+    return {"f1": 100.0 * sum(f1s) / n, "exact_match": 100.0 * sum(ems) / n}
 
 
 def squad_f1_em(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
@@ -347,3 +331,88 @@ METRICS: dict[str, Callable] = {
     "bucc_f1": _bucc_f1,
     "tatoeba_accuracy": _tatoeba_accuracy,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example statistics: what the paired bootstrap resamples
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExampleStatistics:
+    """Per-example sufficient statistics of one language's scores: the score of any resample of the
+    examples is a function of the summed rows (:meth:`score`), so a bootstrap never re-runs a scorer.
+
+    ``kind="mean"``: each column is a per-example value in [0, 1] (correct or not, a question's F1)
+    and its score is ``100 · mean``.  ``kind="f1"``: the columns are ``tp``, ``pred``, ``gold``
+    counts per unit (a sentence's chunks, a BUCC source sentence's pairs) and the score, named
+    ``metric``, is micro F1 ``100 · 2 tp / (pred + gold)`` (0 without a true positive), the formula
+    :func:`seqeval_f1` and ``bucc_f1`` compute on the whole set.
+    """
+
+    kind: str
+    columns: list[str]
+    rows: np.ndarray
+    metric: str = "f1"
+
+    def score(self, sums: np.ndarray | None = None, count: int | None = None) -> dict[str, float]:
+        """The scores of the examples whose summed rows are ``sums`` (default: all of them)."""
+        sums = self.rows.sum(axis=0) if sums is None else sums
+        return dict(zip(self.score_names(), self.score_columns(np.asarray(sums, dtype=np.float64)[None],
+                                                                count or len(self.rows))[0]))
+
+    def score_names(self) -> list[str]:
+        return list(self.columns) if self.kind == "mean" else [self.metric]
+
+    def score_columns(self, sums: np.ndarray, count: int) -> np.ndarray:
+        """Scores ``[R, len(score_names())]`` of ``R`` resamples given their summed rows ``[R, k]``."""
+        if self.kind == "mean":
+            return 100.0 * sums / count
+        tp, pred, gold = sums[:, 0], sums[:, 1], sums[:, 2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(tp > 0, 200.0 * tp / (pred + gold), 0.0)
+        return f1[:, None]
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "columns": list(self.columns), "metric": self.metric,
+                "rows": self.rows.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ExampleStatistics":
+        rows = np.asarray(data["rows"], dtype=np.float64).reshape(-1, len(data["columns"]))
+        return cls(data["kind"], list(data["columns"]), rows, data.get("metric", "f1"))
+
+
+def accuracy_statistics(predictions: Sequence, labels: Sequence, name: str = "accuracy") -> ExampleStatistics:
+    """One row per example: 1 if ``predictions[i] == labels[i]`` (the rows of :func:`accuracy`)."""
+    if len(predictions) != len(labels):
+        raise Veco2Error(f"accuracy: {len(predictions)} predictions for {len(labels)} labels")
+    rows = np.array([[float(p == g)] for p, g in zip(predictions, labels)], dtype=np.float64).reshape(-1, 1)
+    return ExampleStatistics("mean", [name], rows)
+
+
+def chunk_statistics(gold: list[list[str]], pred: list[list[str]], *, semantics: str = "0.0.12",
+                     name: str = "f1") -> ExampleStatistics:
+    """One row per sentence: its correct, predicted and gold seqeval chunks (the counts
+    :func:`seqeval_f1` sums; chunks never cross a sentence)."""
+    _check_parallel(gold, pred, "chunk_statistics")
+    rows = []
+    for gold_sentence, pred_sentence in zip(gold, pred):
+        true_chunks = set(get_entities([gold_sentence], semantics=semantics))
+        pred_chunks = set(get_entities([pred_sentence], semantics=semantics))
+        rows.append([len(true_chunks & pred_chunks), len(pred_chunks), len(true_chunks)])
+    return ExampleStatistics("f1", ["tp", "pred", "gold"], np.asarray(rows, dtype=np.float64).reshape(-1, 3), name)
+
+
+def qa_statistics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                  lang: str | None = None) -> ExampleStatistics:
+    """One row per reference question: its F1 and EM (0-1), with the MLQA normaliser of ``lang``
+    when given, else SQuAD's (the rows :func:`squad_f1_em` / :func:`mlqa_f1_em` average)."""
+    if lang is None:
+        f1s, ems = _qa_per_question(predictions, references, squad_normalize, "squad_f1_em")
+    else:
+        if lang not in MLQA_LANGUAGES:
+            raise Veco2Error(f"mlqa_f1_em: language {lang!r} unknown to the MLQA scorer; "
+                             f"known: {' '.join(MLQA_LANGUAGES)}")
+        f1s, ems = _qa_per_question(predictions, references, lambda s: mlqa_normalize(s, lang), f"mlqa_f1_em[{lang}]")
+    return ExampleStatistics("mean", ["f1", "exact_match"], np.column_stack([f1s, ems]).astype(np.float64))

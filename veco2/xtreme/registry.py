@@ -1,35 +1,10 @@
 """The XTREME task registry: one YAML file per task in ``veco2/xtreme/tasks/``.
 
-A task file is data, not code.  It says what the task is (category, family, metric, head, labels),
-which languages it is scored on, the official fine-tuning hyper-parameters, where its files live in
-the local (official-format) layout and which Hugging Face hub configs hold it.  Everything else --
-the aggregation's task, category, language and metric lists, the workflow's jobs, the report's
-columns -- is derived from these files.  Adding a task means adding one YAML file (plus a loader in
-:mod:`veco2.xtreme.data` only when its file format is new); ``$VECO2_TASK_DIRS`` (directories
-separated by ``os.pathsep``) adds task files from outside the package.
-
-Keys of a task file (all required unless marked optional):
-
-``name``            registry name (``xnli``, ``pawsx``, ``udpos``, ``panx``, ``xquad``, ``mlqa``,
-                    ``tydiqa``, ``bucc2018``, ``tatoeba``).
-``version``         integer, bumped whenever data handling or scoring changes; recorded in every result.
-``category``        XTREME category (classification, structured_prediction, question_answering, retrieval).
-``family``          engine family: ``classification`` | ``tagging`` | ``qa`` | ``retrieval``.
-``languages``       the test languages (the official XTREME list for the nine tasks).
-``label``           the task's column label in the report's tables (``XNLI``, ``POS`` ...).
-``order``           its column position in the tables (the XTREME paper's order).
-``score_keys``      the results.json metric keys the task score is the mean of (QA: ``f1, exact_match``).
-``train_language``  the language of the training and model-selection data (``en``; none for retrieval).
-``metrics``         metric names from ``metrics.METRICS``; the first is the task's primary metric.
-``head``            ``sequence_classification`` | ``token_classification`` | ``question_answering`` | ``none``.
-``labels``          label list (classification / tagging), in the order of the head's outputs.
-``hyperparameters`` official defaults (google-research/xtreme scripts); a run's overrides go on top.
-``language_codes``  optional: our code -> the code/name the data uses (``udpos.German``, ``tatoeba.deu``).
-``local``           ``dir``, ``format`` (loader name) and per-split file templates with ``{lang}`` /
-                    ``{code}`` placeholders; ``dev: null`` means there is no English dev set.
-``hub``             per split: ``path``, ``name`` (config, same placeholders), ``split`` and optional
-                    ``filter`` (column or id-prefix the hub mixes languages on).
-``train_source``    optional, human-readable: where the English training data comes from.
+A task file is data, not code: what the task is (category, family, metric, head, labels), its test
+languages, the official fine-tuning hyper-parameters (google-research/xtreme scripts), its files in
+the local layout and its hub configs.  The aggregation's lists, the workflow's jobs and the report's
+columns are derived from these files; ``$VECO2_TASK_DIRS`` adds task files from outside the package.
+Keys of a task file: ``docs/xtreme.md#task-registry``.
 """
 
 from __future__ import annotations
@@ -53,7 +28,7 @@ CATEGORY_ORDER = ("classification", "structured_prediction", "question_answering
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One XTREME task as described by its YAML file (see the module docstring for the keys)."""
+    """One XTREME task as described by its YAML file (the keys: docs/xtreme.md#task-registry)."""
 
     name: str
     version: int

@@ -1,31 +1,11 @@
 """Sentence retrieval for XTREME: exact chunked cosine k-NN, Tatoeba accuracy, BUCC 2018 mining.
 
-Scale: like every veco2.xtreme metric, accuracies and F1 values are PERCENT (0-100).
-Similarity scores, margins and thresholds are raw numbers.
-
-Memory: :func:`knn` never builds the full ``[n, m]`` similarity matrix.  It walks query chunks
-(``chunk_size`` rows) and, inside each, key chunks (``key_chunk_size`` rows), keeping a running
-top-k, so the working set is ``O(chunk_size * key_chunk_size + n * k)`` on top of the inputs.
-Mining 100k x 100k sentence vectors therefore runs in bounded memory on a CPU.
-
-Determinism: exact ties are broken towards the LOWEST key index (documented XTREME/Tatoeba rule).
-``torch.topk`` does not promise that, so rows whose k-th value is tied are re-ranked with a
-stable sort.  faiss (``backend="faiss"``, optional, only if installed) is faster on large
-inputs but gives no tie guarantee, so it is opt-in, never the default.
-
-Tatoeba (Artetxe & Schwenk 2019) is scored in XTREME's direction: the official
-google-research/xtreme ``third_party/evaluate_retrieval.py`` (commit 68ff4bec) indexes the
-non-English sentences (``tatoeba.LANG-eng.LANG``) and queries them with the English ones
-(``similarity_search(x=non-English, y=English)`` in ``third_party/utils_retrieve.py``, commit
-4940374c: ``idx.add(x)``, ``idx.search(y, 1)``), so the reported accuracy is that of the ENGLISH
-queries.  :func:`tatoeba_evaluate` returns that number as ``accuracy`` and the other direction
-beside it as ``accuracy_xx_to_en``.
-
-BUCC (Zweigenbaum et al. 2018) follows LASER's ``mine_bitexts.py`` as XTREME calls it
-(``third_party/utils_retrieve.py``: ``mode="mine", retrieval="max", margin="ratio",
-neighborhood=4``), with three defects of the official pipeline fixed, see :func:`bucc_evaluate`.
-Each distinct ``(source, target)`` candidate counts once, with its highest score, as the official
-``read_candidate2score`` keeps it (:func:`distinct_pairs`).
+Accuracies and F1 values are PERCENT (0-100); similarities, margins and thresholds are raw.
+:func:`knn` never builds the full similarity matrix and breaks exact ties towards the lowest key
+index (faiss is opt-in).  Tatoeba is scored in XTREME's direction (English queries), BUCC mined as
+XTREME calls LASER's ``mine_bitexts.py`` (google-research/xtreme ``third_party/evaluate_retrieval.py``
+commit 68ff4bec, ``third_party/utils_retrieve.py`` commit 4940374c).  Memory, ties and both
+protocols: ``docs/xtreme.md#retrieval``.
 """
 
 from __future__ import annotations
@@ -359,6 +339,23 @@ def bucc_f1(candidates: Sequence[Candidate], gold_pairs: Iterable, threshold: fl
     recall = correct / len(gold)
     f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
     return {"precision": 100.0 * precision, "recall": 100.0 * recall, "f1": 100.0 * f1, "threshold": float(threshold)}
+
+
+def bucc_statistics(candidates: Sequence[Candidate], gold_pairs: Iterable, threshold: float, src_ids: Sequence):
+    """Per source sentence (``src_ids`` order): its correct, extracted and gold pairs at ``threshold``,
+    the counts :func:`bucc_f1` sums (for the paired bootstrap over sentences)."""
+    from .metrics import ExampleStatistics
+
+    gold = _gold_set(gold_pairs)
+    extracted = {(s, t) for s, t, score in distinct_pairs(candidates) if score >= threshold}
+    row = {src: i for i, src in enumerate(src_ids)}
+    rows = np.zeros((len(row), 3), dtype=np.float64)
+    for pairs, column in ((extracted & gold, 0), (extracted, 1), (gold, 2)):
+        for src, _ in pairs:
+            if src not in row:
+                raise Veco2Error(f"BUCC: pair source {src!r} is not a test sentence id")
+            rows[row[src], column] += 1
+    return ExampleStatistics("f1", ["tp", "pred", "gold"], rows, "f1")
 
 
 def bucc_threshold_search(candidates: Sequence[Candidate], gold_pairs: Iterable) -> float:

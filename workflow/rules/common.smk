@@ -143,6 +143,9 @@ FINETUNE_TASKS = [t for t in TASKS if FAMILY[t] != "retrieval"]
 RETRIEVAL_TASKS = [t for t in TASKS if FAMILY[t] == "retrieval"]
 SEEDS = {task: list(config["seeds"][FAMILY[task]]) for task in FINETUNE_TASKS}
 RETRIEVAL_SEED = 0  # retrieval is not fine-tuned: one run, written under seed0
+TRIVIAL = "trivial"  # veco2.xtreme.aggregate.TRIVIAL: the trivial baselines' row, xtreme/trivial/TASK/seed0
+if TRIVIAL in MODELS:
+    raise WorkflowError(f"a model may not be called {TRIVIAL!r}: that name is the trivial baselines' row")
 
 XTREME_SOURCE = config["xtreme"]["source"]
 if XTREME_SOURCE == "demo":
@@ -213,11 +216,13 @@ for _task in FINETUNE_TASKS:  # a misspelt or bad fine-tuning setting fails here
 
 
 def finetune_args(wildcards):
-    args = data_args(wildcards.task)
+    # KEY=VALUE overrides first, in one block, as `veco2 pretrain` takes them (--languages would
+    # take the words after it)
+    args = [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in finetune_overrides(wildcards.task).items()]
+    args += data_args(wildcards.task)
     if config["finetune"]["max_steps"] is not None:
         args += ["--max-steps", str(config["finetune"]["max_steps"])]
-    for key, value in finetune_overrides(wildcards.task).items():
-        args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     if config["finetune"]["translate_train"]:
         args.append("--translate-train")
     return args
@@ -279,6 +284,8 @@ def xtreme_results():
     (models = the variants and the baselines)."""
     files = [f"{RESULTS}/xtreme/{v}/{t}/seed{s}/results.json" for v in MODELS for t in FINETUNE_TASKS for s in SEEDS[t]]
     files += [f"{RESULTS}/xtreme/{v}/{t}/seed{RETRIEVAL_SEED}/results.json" for v in MODELS for t in RETRIEVAL_TASKS]
+    # the trivial baseline of every task: a row of every table, what "learned something" is measured against
+    files += [f"{RESULTS}/xtreme/{TRIVIAL}/{t}/seed{RETRIEVAL_SEED}/results.json" for t in [*FINETUNE_TASKS, *RETRIEVAL_TASKS]]
     return files
 
 

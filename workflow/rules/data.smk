@@ -18,8 +18,9 @@ rule prepare_data:
     params:
         out=lambda wildcards, output: os.path.dirname(os.path.dirname(output.manifest)),
         pretrain_config=lambda wildcards: PRETRAIN_CONFIG,
-        overrides=override_args(DATA_OVERRIDES),
-        data_settings=DATA_SETTINGS,
+        # functions, not strings: a source path's "{lang}" is veco2's placeholder, not a wildcard
+        overrides=lambda wildcards: override_args(DATA_OVERRIDES),
+        data_settings=lambda wildcards: DATA_SETTINGS,
     conda:
         "../../environment.yml"
     log:
@@ -27,7 +28,7 @@ rule prepare_data:
     benchmark:
         f"{BENCH}/prepare_data/{SCALE}.tsv"
     shell:
-        "veco2 data prepare --config {params.pretrain_config:q} --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"
+        "veco2 --threads {threads} data prepare --config {params.pretrain_config:q} --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"
 
 
 rule prefetch_xtreme:

@@ -33,5 +33,5 @@ rule pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{variant}}.tsv"
     shell:
-        "{params.launch:q} pretrain --config {input.pretrain_config:q} --config {input.ablation:q}"
+        "{params.launch:q} --threads {threads} pretrain --config {input.pretrain_config:q} --config {input.ablation:q}"
         " --out {params.out:q} {params.overrides:q} > {log:q} 2>&1"

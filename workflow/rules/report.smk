@@ -32,4 +32,4 @@ rule report:
     benchmark:
         f"{BENCH}/report/{SCALE}.tsv"
     shell:
-        "veco2 report {params.results:q} --out {params.out:q} --reference {params.reference:q} > {log:q} 2>&1"
+        "veco2 --threads {threads} report {params.results:q} --out {params.out:q} --reference {params.reference:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule sweep_worker:
         f"{BENCH}/sweep_worker/{{study}}/w{{worker}}.tsv"
     shell:
         # --storage first: a study's own `args: [--storage, URL]` comes later and wins.
-        "python -m veco2.devices -- veco2 sweep --storage {params.storage:q} {params.args:q}"
+        "python -m veco2.devices -- veco2 --threads {threads} sweep --storage {params.storage:q} {params.args:q}"
         " --trials {params.trials:q} --worker w{wildcards.worker:q} > {log:q} 2>&1"
 
 
@@ -50,7 +50,7 @@ rule sweep_best:
     benchmark:
         f"{BENCH}/sweep_best/{{study}}.tsv"
     shell:
-        "veco2 sweep --storage {params.storage:q} {params.args:q} --report-only > {log:q} 2>&1"
+        "veco2 --threads {threads} sweep --storage {params.storage:q} {params.args:q} --report-only > {log:q} 2>&1"
 
 
 rule sweep_all:

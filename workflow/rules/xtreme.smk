@@ -12,6 +12,7 @@ rule finetune:
         f"{RESULTS}/xtreme/{{variant}}/{{task}}/seed{{seed}}/results.json",
     wildcard_constraints:
         task="|".join(FINETUNE_TASKS) or "(?!)",
+        variant=f"(?!{TRIVIAL}/)[^/]+",
     params:
         out=lambda wildcards: f"{RESULTS}/xtreme/{wildcards.variant}",
         model=model_arg,
@@ -24,7 +25,7 @@ rule finetune:
     benchmark:
         f"{BENCH}/finetune/{{variant}}/{{task}}/seed{{seed}}.tsv"
     shell:
-        "{params.launch:q} finetune --task {wildcards.task:q} --model {params.model:q}"
+        "{params.launch:q} --threads {threads} finetune --task {wildcards.task:q} --model {params.model:q}"
         " --seeds {wildcards.seed:q} --out {params.out:q} {params.args:q} > {log:q} 2>&1"
 
 
@@ -38,6 +39,7 @@ rule evaluate_retrieval:
         f"{RESULTS}/xtreme/{{variant}}/{{task}}/seed{RETRIEVAL_SEED}/results.json",
     wildcard_constraints:
         task="|".join(RETRIEVAL_TASKS) or "(?!)",
+        variant=f"(?!{TRIVIAL}/)[^/]+",
     params:
         out=lambda wildcards: f"{RESULTS}/xtreme/{wildcards.variant}",
         model=model_arg,
@@ -50,5 +52,25 @@ rule evaluate_retrieval:
     benchmark:
         f"{BENCH}/evaluate_retrieval/{{variant}}/{{task}}.tsv"
     shell:
-        "{params.launch:q} evaluate --task {wildcards.task:q} --model {params.model:q}"
+        "{params.launch:q} --threads {threads} evaluate --task {wildcards.task:q} --model {params.model:q}"
         " --out {params.out:q} {params.args:q} > {log:q} 2>&1"
+
+
+rule trivial_baseline:
+    """What a model that learned nothing scores (majority label, most frequent tag, first-k-words
+    span, chance; veco2.xtreme.trivial): one job per task, no model."""
+    input:
+        data=xtreme_data_input,
+    output:
+        f"{RESULTS}/xtreme/{TRIVIAL}/{{task}}/seed{RETRIEVAL_SEED}/results.json",
+    params:
+        out=lambda wildcards: f"{RESULTS}/xtreme/{TRIVIAL}",
+        args=lambda wildcards: data_args(wildcards.task),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/trivial_baseline/{{task}}.log",
+    benchmark:
+        f"{BENCH}/trivial_baseline/{{task}}.tsv"
+    shell:
+        "veco2 --threads {threads} trivial --task {wildcards.task:q} --out {params.out:q} {params.args:q} > {log:q} 2>&1"

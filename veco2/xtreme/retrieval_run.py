@@ -1,33 +1,10 @@
-"""Retrieval tasks (BUCC 2018, Tatoeba) with the pre-trained encoder, WITHOUT fine-tuning.
+"""`veco2 evaluate`: the retrieval tasks (BUCC 2018, Tatoeba) with the pre-trained encoder, WITHOUT fine-tuning.
 
-Sentence vector (XTREME, Hu et al. 2020): the hidden states of one encoder layer, mean-pooled over
-the non-pad tokens (``<s>`` and ``</s>`` included, as XTREME's ``extract_embeddings``), then
-L2-normalised.  ``pooling="cls"`` takes the ``<s>`` vector instead (InfoXLM-style, an option).
-
-Default layer: ``round(2/3 * num_hidden_layers)`` -- 8 of 12 for base models, as XTREME used; for
-24-layer models this gives 16 (XTREME used 14 for XLM-R large, VECO 18: pass ``layer=14`` /
-``--layer 14`` to match them).  Layer numbers follow ``output_hidden_states``: 0 = embeddings,
-``num_hidden_layers`` = last layer.  The layer used is recorded in results.json.  ``layers="all"``
-scores every layer 0..L from a single encoding pass and writes them under ``scores_by_layer``
-(the reports plot retrieval accuracy by layer); the headline ``scores`` use the default/chosen layer.
-
-Tatoeba (XTREME's direction, google-research/xtreme ``third_party/evaluate_retrieval.py``): each
-English sentence retrieves its nearest non-English sentence by cosine (ties to the lowest index);
-``accuracy`` is the percentage retrieving their line-aligned translation, and ``accuracy_xx_to_en``
-the reverse direction (non-English queries), reported beside it
-(:func:`veco2.xtreme.retrieval.tatoeba_evaluate`).  BUCC: margin-based mining (ratio margin, k = 4),
-threshold chosen on the dev ("sample") gold and applied unchanged to test
-(:func:`veco2.xtreme.retrieval.bucc_evaluate`).
-
-Outputs: ``{out}/{task}/seed0/results.json`` and ``{out}/{task}/seed0/predictions/{task}/test-{lang}.tsv``
-(Tatoeba: line i holds the 0-based line number of the non-English sentence that English line i
-retrieved; BUCC: ``src_id \\t tgt_id`` of every mined test pair at the dev threshold).
-``execution`` in results.json records the device and, on CUDA, the peak GPU memory.
-
-Device: the model runs on accelerate's device (the GPU of this process when there is one, else the
-CPU) in batches of ``batch_size`` sentences (``--batch-size``; the task file's 64 by default; the
-vectors do not depend on it beyond float rounding), optionally under bf16/fp16
-autocast (``--mixed-precision``; the pooled vectors are computed in float32 either way).  One process.
+Sentence vector (XTREME, Hu et al. 2020): one layer's hidden states mean-pooled over the non-pad
+tokens, L2-normalised; default layer ``round(2/3 * num_hidden_layers)``.  Tatoeba is scored in
+XTREME's direction (google-research/xtreme ``third_party/evaluate_retrieval.py``), BUCC by
+ratio-margin mining at the dev threshold.  Writes ``{out}/{task}/seed0/results.json`` and the
+predictions.  Pooling, layers, outputs: ``docs/xtreme.md#the-retrieval-command``.
 """
 
 from __future__ import annotations
@@ -42,15 +19,17 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, Veco2Error
-from ..fileio import write_json, write_text
+from ..fileio import write_text
 from ..pretrained import resolve_pretrained
 from ..provenance import config_hash, provenance
 from ..weights import load_checked
 from . import aggregate, retrieval
-from .data import is_demo_root, load_split, resolve_root, available_languages
-from .finetune import (MIXED_PRECISION, cap_length, execution_record, model_identity, process_state,
-                       reset_peak_gpu_memory)
+from .data import is_demo_root, load_split, resolve_root, run_languages
+from .families import process_state
+from .finetune import MIXED_PRECISION, cap_length, execution_record, model_identity, reset_peak_gpu_memory
 from .registry import get_task
+from .metrics import accuracy_statistics
+from .results import RunResult, check_statistics, write_example_statistics
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +83,6 @@ def autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
 
 
-def _resolve_languages(task, languages, data_root, hub):
-    if languages:
-        return list(task.check_languages(languages))
-    if not hub and is_demo_root(resolve_root(data_root)):
-        found = available_languages(task, data_root)
-        if not found:
-            raise Veco2Error(f"{task.name}: the packaged demo data has no files for this task; pass --data-root DIR "
-                             f"fetched with `veco2 prefetch --tasks {task.name} --out DIR`")
-        return found
-    return list(task.languages)
-
-
 def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer: int | None = None,
                  layers: str | Sequence[int] | None = None, pooling: str = "mean", data_root=None,
                  hub: bool = False, languages: Sequence[str] | None = None, batch_size: int | None = None,
@@ -148,9 +115,9 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
     hp["mixed_precision"] = "no" if mixed_precision in (None, False) else mixed_precision
     device = process_state().device
     autocast(device, hp["mixed_precision"])  # checks the value before the model is loaded
-    test_languages = _resolve_languages(spec, languages, data_root, hub)
+    test_languages = run_languages(spec, languages, data_root, hub)
     model_dir, out_dir = resolve_pretrained(model_dir), Path(out_dir)
-    cap_length(hp, "max_seq_length", model_dir)
+    hp["max_seq_length"] = cap_length(hp["max_seq_length"], model_dir)
     started = time.time()
     reset_peak_gpu_memory(device)
     model = load_checked(AutoModel, model_dir, new_head_prefixes=("pooler.",)).to(device)  # fits, or one line
@@ -176,6 +143,7 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
                           batch_size=hp["batch_size"], max_length=hp["max_seq_length"])
 
     by_layer: dict[int, dict[str, dict]] = {x: {} for x in all_layers}
+    statistics: dict = {}  # per-example rows of the reported layer (the report's paired bootstrap)
     predictions: dict[str, str] = {}
     thresholds: dict[str, float] = {}
     for lang in test_languages:
@@ -189,6 +157,8 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
                 by_layer[x][lang] = {key: result[key] for key in retrieval.TATOEBA_METRICS}
                 if x == layer:  # line i: the non-English line retrieved for English line i
                     predictions[lang] = "".join(f"{int(i)}\n" for i in result["predictions"])
+                    correct = np.asarray(result["predictions"]) == np.arange(len(result["predictions"]))
+                    statistics[lang] = accuracy_statistics(correct.tolist(), [True] * len(correct))
         elif spec.name == "bucc2018":
             dev = load_split(spec, "dev", lang, data_root=data_root, hub=hub)
             test = load_split(spec, "test", lang, data_root=data_root, hub=hub)
@@ -208,6 +178,8 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
             mined = retrieval.mine(ts_src[layer], ts_tgt[layer], k=hp["k"], src_ids=test["src_ids"],
                                    tgt_ids=test["tgt_ids"])
             predictions[lang] = "".join(f"{s}\t{t}\n" for s, t, score in mined if score >= thresholds[lang])
+            statistics[lang] = retrieval.bucc_statistics(mined, test["gold"], thresholds[lang],
+                                                         test["src_ids"] or range(len(test["src"])))
         else:
             raise Veco2Error(f"no retrieval evaluation for {spec.name}")
 
@@ -215,24 +187,27 @@ def run_evaluate(task: str, model_dir: str | Path, out_dir: str | Path, *, layer
     for lang, text in predictions.items():
         write_text(seed_dir / "predictions" / spec.name / f"test-{lang}.tsv", text)
     scores = by_layer[layer]
+    for lang, stats in statistics.items():
+        check_statistics(stats, scores[lang], f"{spec.name} {lang}")
     summary = aggregate.task_score(scores, spec.name, languages=test_languages)
     root = None if hub else resolve_root(data_root)
     identity = model_identity(model_dir)
     run_config = {"task": spec.name, "version": spec.version, "hyperparameters": hp, "model": identity,
                   "languages": test_languages}
-    record = {
-        "task": spec.name, "version": spec.version, "languages": test_languages, "seed": aggregate.RETRIEVAL_SEED,
-        "scores": scores, "task_score": summary["score"], "task_means": summary,
-        "layer": layer, "num_hidden_layers": n_layers, "pooling": hp["pooling"],
-        "scores_by_layer": {str(x): by_layer[x] for x in sweep} if sweep else None,
-        "task_score_by_layer": {str(x): aggregate.task_score(by_layer[x], spec.name, languages=test_languages)["score"]
-                                for x in sweep} if sweep else None,
-        "bucc_thresholds": thresholds or None,
-        "hyperparameters": hp, "model": identity,
-        "data": {"source": "hub" if hub else "local", "root": None if root is None else str(root),
-                 "demo": bool(root is not None and is_demo_root(root))},
-        "execution": execution_record(device), "wall_seconds": round(time.time() - started, 2),
-        "run_hash": config_hash(run_config), "provenance": provenance(run_config),
-    }
-    write_json(seed_dir / "results.json", record)
-    return record
+    result = RunResult(
+        task=spec.name, version=spec.version, languages=test_languages, seed=aggregate.RETRIEVAL_SEED,
+        scores=scores, task_score=summary["score"], task_means=summary,
+        layer=layer, num_hidden_layers=n_layers, pooling=hp["pooling"],
+        scores_by_layer={str(x): by_layer[x] for x in sweep} if sweep else None,
+        task_score_by_layer={str(x): aggregate.task_score(by_layer[x], spec.name, languages=test_languages)["score"]
+                             for x in sweep} if sweep else None,
+        bucc_thresholds=thresholds or None,
+        hyperparameters=hp, model=identity,
+        data={"source": "hub" if hub else "local", "root": None if root is None else str(root),
+              "demo": bool(root is not None and is_demo_root(root))},
+        execution=execution_record(device), wall_seconds=round(time.time() - started, 2),
+        run_hash=config_hash(run_config), provenance=provenance(run_config),
+    )
+    write_example_statistics(seed_dir, statistics)
+    result.write(seed_dir / "results.json")
+    return result.to_json()

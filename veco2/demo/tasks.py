@@ -1,81 +1,10 @@
 """Build the embedded DEMO data for the 9 XTREME tasks from real offline sources.
 
 **This is demo data.** Every task here is a small, learnable analogue of the real XTREME task, built
-from real sentences (the demo corpus: LibreOffice translations) with labels from the documented,
-seeded procedures below.  Scores on it are NOT comparable with published XTREME numbers.
-
-Input: the demo corpus directory (``veco2/demo_data``) with
-``parallel/{train,dev,test}/en-LANG.tsv.gz`` (``en<TAB>X`` lines).  Output: ``out_dir`` in XTREME's
-download layout (plain files, official formats), plus ``README.md`` and ``manifest.json``.  Each
-built task's folder is written to a staging folder and then replaces the old one whole, so no file
-of an earlier build lingers and a failed build changes nothing.
-
-Sentence pools (what each task may use):
-
-* ``test``-split pairs of the corpus are reserved for retrieval (Tatoeba, BUCC).  Any sentence that
-  occurs in any ``test`` split (either side, any language) is removed from every other task.
-* The remaining (train + dev split) pairs are assigned to a *side* by hashing their English sentence
-  with the seed: ``train`` (70 %), ``dev`` (10 %), ``test`` (20 %).  Pairs sharing a sentence segment with a
-  ``test``-split message are dropped, and ``dev``/``test``-side pairs sharing one with a ``train``-side
-  message too (LibreOffice reuses sentences inside longer messages).  English training data uses only
-  ``train``-side English sentences, the English dev sets only ``dev``-side ones, every test set (all
-  languages) only ``dev``/``test``-side sentences (``test`` side for English).  So no test sentence,
-  and no translation of a test sentence, is in English training data.
-
-Per-task constructions (``seed`` makes each deterministic):
-
-* Tatoeba: up to 400 ``test``-split pairs per language, line-aligned.
-* BUCC (official languages de fr ru zh): the ``test``-split pairs are shuffled and halved (dev / test).  In each half 40 % are gold
-  pairs, 30 % keep only their non-English side and 30 % only their English side (decoys whose
-  counterpart is removed).  Ids are shuffled; the gold file lists only the true pairs.
-* PAWS-X: one pair per sentence ``s``.  Label 0: ``s`` vs ``s`` with two different content units
-  swapped (a PAWS word-swap adversary: same bag of words, different meaning).  Label 1: ``s`` vs ``s``.
-  With probability 1/2 (both labels) the second sentence also gets a meaning-neutral edit (sentence-
-  final punctuation added/removed), so the edit is no cue.
-* XNLI: premise ``p``; a *span* of a sentence is its longest comma/semicolon clause of >= 3 words,
-  else the sentence without its first or last 30 % of words.  Entailment: span(p), plain or in the
-  language's affirmative frame ("It is true that ..."); contradiction: span(p) in the negative frame
-  ("It is not true that ..."); neutral: span(q) of another sentence q sharing a content unit with p
-  where possible, in either frame.  Labels are balanced.  Frames are hand-written per language
-  (``NLI_FRAMES``).
-* UD-POS: sentences tagged by Apertium (morphological analyser + HMM tagger or constraint grammar, from
-  the Debian ``apertium-*`` packages), Apertium's first POS tag mapped to UPOS (``APERTIUM_TO_UPOS``;
-  a contraction such as es "del" takes its first part's tag, quotes left unanalysed are PUNCT).
-  A sentence is kept only if every token gets exactly one UPOS (no unknown word, no unmapped tag,
-  no remaining ambiguity).  That keeps ~55-60 % of en/es/fr sentences but only 8-15 % of bg/hi/ru
-  ones, so non-English test sets may also draw ``train``-side sentences (their labels are
-  language-specific; English training data never contains them).  Languages: those with an
-  Apertium tagger in Debian (en es fr bg ru hi); no German/Chinese/Arabic/Finnish/Korean analyser is
-  packaged.  Indonesian has one (``apertium-ind-zlm``) but it is not used: its HMM tagger tags common
-  nouns as verbs (``pertemuan``, ``bilangan``) in a spot check.
-* PAN-X: a real sentence with one or two content tokens replaced by entity names: PER from Faker's
-  per-locale first/last name lists, ORG from Faker's per-locale company-name generator (real surnames
-  and legal-form suffixes, combined synthetically; at least two words outside zh/ja/th), LOC from CLDR
-  (via babel) localised territory and exemplar-city names (non-Latin-script languages: names with
-  Latin letters dropped).  zh/ja/th are tokenised into characters, like WikiANN.  Tags in IOB2; English train and English
-  test entity names are disjoint (hash split).
-* Languages: only each task's official XTREME languages (``aggregate.OFFICIAL_LANGUAGES``) that the
-  corpus has; a language with fewer than ``MIN_TEST`` examples (QA: a pool under ``QA_MIN_POOL``
-  sentences) is skipped and listed under ``counts.skipped`` in the manifest.  A task left with fewer
-  than ``MIN_LANGS`` non-English test languages is a build error: the demo never pads a task with
-  languages it is not scored on (the registry would reject them).
-* SQuAD / XQuAD / MLQA / TyDiQA-GoldP: cloze QA.  Context: 3 real sentences of one language.
-  Question: one of them with a content unit replaced by ``_____``; answer: that unit, which occurs
-  exactly once in the context, with its character offset.  English SQuAD train and TyDiQA train
-  (ids ``english-...``) use disjoint halves of the ``train``-side sentences.  XQuAD here is not
-  parallel across languages (the real one is).
-
-Files (XTREME download layout): ``xnli/ pawsx/`` ``{train-en,dev-en,test-LANG}.tsv`` (sentence1,
-sentence2, label; no header), ``udpos/ panx/`` same names, ``word<TAB>tag`` lines with a blank line
-between sentences, ``squad/{train,dev}-v1.1.json``, ``xquad/xquad.LANG.json``,
-``mlqa/test-context-LANG-question-LANG.json``, ``tydiqa/{tydiqa-goldp-v1.1-train,dev-goldp-LANG}.json``
-(SQuAD v1.1 JSON), ``bucc2018/LANG-en.{dev,test}.{LANG,en,gold}`` (``id<TAB>sentence``; gold
-``LANG-id<TAB>en-id``), ``tatoeba/tatoeba.LANG3-eng.{LANG3,eng}`` (line-aligned).
-
-A *content unit* is, for languages written with spaces, a token of >= 3 letters that is not one of
-the 60 most frequent tokens of that language's pool; for zh/ja/th (no spaces), a character bigram of
-that script seen in >= 3 pool sentences.  This is a frequency proxy for content words, the same
-procedure for every language.
+from real sentences (the demo corpus: LibreOffice translations) with labels from documented, seeded
+procedures.  Scores on it are NOT comparable with published XTREME numbers.  Output: XTREME's
+download layout plus ``README.md`` and ``manifest.json``.  Sentence pools, per-task constructions
+and files: ``docs/demo.md#the-demo-xtreme-tasks``.
 """
 
 from __future__ import annotations
@@ -98,15 +27,15 @@ from typing import Iterable, Sequence
 from ..errors import InputError, Veco2Error
 from ..fileio import iter_lines, write_json, write_text
 from ..provenance import sha256_file
-from ..xtreme.aggregate import OFFICIAL_LANGUAGES
+from ..xtreme.registry import get_task, list_tasks
 
 log = logging.getLogger(__name__)
 
 TASKS = ("tatoeba", "bucc2018", "pawsx", "xnli", "udpos", "panx", "squad", "xquad", "mlqa", "tydiqa")
 
-# XTREME's official test languages per task (the demo builds those the corpus has): the one list
-# the registry also uses, so a demo file is never in a language the registry rejects.
-XTREME_LANGS = {task: list(langs) for task, langs in OFFICIAL_LANGUAGES.items()}
+# XTREME's official test languages per task (the demo builds those the corpus has), read from the
+# task registry (each task file's `languages`), so a demo file is never in a language it rejects.
+XTREME_LANGS = {task: list(get_task(task).languages) for task in list_tasks()}
 MIN_LANGS = 4  # the demo needs at least this many non-English test languages per task
 QA_MIN_POOL = 300  # QA test sets need this many eval-pool sentences (3-sentence contexts, 200 questions)
 
@@ -279,7 +208,7 @@ class Pools:
 
 
 class ContentUnits:
-    """Frequency-proxy content words of one language (see the module docstring)."""
+    """Frequency-proxy content words of one language (docs/demo.md#content-units)."""
 
     def __init__(self, lang: str, sentences: list[str], n_stop: int = 60, min_bigram_df: int = 3):
         self.lang = lang
@@ -764,7 +693,7 @@ def _require_languages(task: str, langs: Iterable[str], counts: dict) -> None:
             f"demo {task}: only {len(others)} non-English test language(s) ({' '.join(others) or 'none'}) among "
             f"its official XTREME languages ({' '.join(XTREME_LANGS[task])}), need {MIN_LANGS}"
             + (f"; skipped for size: {skipped}" if skipped else "")
-            + "; add official languages of the task to the demo corpus (veco2/data/demo_build.py), "
+            + "; add official languages of the task to the demo corpus (veco2/demo/corpus.py), "
             "never other languages")
 
 
@@ -896,7 +825,7 @@ def _readme(manifest: dict) -> str:
     lines += ["", "## Counts (examples / sentences / pairs)", ""]
     lines += [f"- {task}: `{json.dumps(value, ensure_ascii=False, sort_keys=True)}`"
               for task, value in sorted(manifest["counts"].items())]
-    lines += ["", "Rebuild: `veco2 data build-demo-tasks` (see `veco2/data/demo_tasks.py`); file hashes are "
+    lines += ["", "Rebuild: `veco2 data build-demo-tasks` (see `veco2/demo/tasks.py`); file hashes are "
               "in `manifest.json`.  Needs `pip install babel faker` and (Debian) `apt-get install apertium cg3 "
               + " ".join(sorted({p for p, _, _ in APERTIUM.values()})) + "` (or `--apertium-dir` pointing at "
               "the unpacked `usr/share/apertium` of those packages).", ""]

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_text import plain_text
+
 
 def cmd_sweep(args) -> None:
-    from .sweep import load_sweep, open_storage, open_study, run_worker, write_report
+    from . import load_sweep, open_storage, open_study, run_worker, write_report
 
     sweep = load_sweep(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("results/sweeps") / args.study
@@ -24,8 +26,8 @@ def cmd_sweep(args) -> None:
         result = run_worker(sweep, args.study, args.trials, out, storage_url=args.storage, worker=args.worker)
         print(f"{out}: worker {result['worker']!r} ran trials {result['ran']} "
               f"({result['finished_by_worker']} finished under its name, {result['failed']} failed)")
-    st = sweep["storage"]
-    storage = open_storage(args.storage, out, st["heartbeat_interval"], st["grace_period"], st["max_retry"])
+    st = sweep.settings.storage
+    storage = open_storage(args.storage, out, st.heartbeat_interval, st.grace_period, st.max_retry)
     study = open_study(sweep, args.study, storage)
     install = args.install_ablation
     summary = write_report(sweep, study, out, storage_url=args.storage, install_ablation=install, name=args.name)
@@ -37,8 +39,6 @@ def cmd_sweep(args) -> None:
 
 def register(subparsers) -> None:
     """Add ``veco2 sweep`` to the ``veco2`` command's sub-parsers."""
-    from .cli import plain_text
-
     parser = subparsers.add_parser(
         "sweep", help="run one Optuna worker of a hyper-parameter study (τ, λ, ...) and write its report",
         description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)

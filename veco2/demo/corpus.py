@@ -1,32 +1,11 @@
 """Build the offline DEMO corpus of veco2 from real translated text shipped in Debian packages.
 
-Hub downloads are not available everywhere veco2 must run (CI, air-gapped clusters, this
-sandbox), so the embedded demo corpus is harvested from packages reachable through ``apt``:
-
-* parallel sentences: LibreOffice UI/help-tip translations, ``libreoffice-l10n-LANG``
-  (gettext ``.mo`` under ``program/resource/LANG/LC_MESSAGES``; msgid = English source,
-  msgstr = human translation).  Swahili has no LibreOffice pack; its sentences come from the
-  Swahili gettext catalogues of ``tuxpaint-data`` and ``pidgin-data`` (few hundred messages).
-* dictionaries: FreeDict ``dict-freedict-eng-XXX`` (dictd format in Debian).  Languages without
-  an English->X FreeDict (zh, ko, vi, th) get a dictionary derived from one-word LibreOffice UI
-  labels (``"Font" -> "字体"``), which is also real human translation; the manifest names the
-  source of every dictionary.
-
-Pipeline (deterministic for a given seed and package versions)::
-
-    apt-get download PKG ; dpkg-deb -x PKG.deb cache/x/PKG       (apt-get update once if needed)
-    catalogue -> clean (accelerators, whitespace, product names) -> filter (placeholders, length,
-    script, untranslated) -> dedup (English and target side, case-insensitive)
-    -> global split by English sentence (test, dev, train; no English or target sentence in two
-       splits, also across languages) -> mono = training side only -> write gzipped files.
-
-Everything built here is DEMO data: software UI strings, not the paper's corpora.  Its scores
-must never be compared with the VECO 2.0 paper's numbers.
-
-Loader API for the rest of the package: :func:`demo_data_dir`, :func:`demo_languages`,
-:func:`demo_parallel`, :func:`demo_dictionary`, :func:`demo_monolingual`.
-CLI (wired by the lead): ``veco2 data build-demo --out DIR --cache DIR [--languages ...]``,
-or ``python -m veco2.data.demo_build --out DIR --cache DIR``.
+Parallel sentences are LibreOffice translations (``libreoffice-l10n-LANG``; Swahili from
+``tuxpaint-data`` and ``pidgin-data``), dictionaries FreeDict's (or one-word LibreOffice UI labels).
+It is DEMO data: its scores must never be compared with the VECO 2.0 paper's numbers.  Loader API:
+:func:`demo_data_dir`, :func:`demo_languages`, :func:`demo_parallel`, :func:`demo_dictionary`,
+:func:`demo_monolingual`; CLI: ``veco2 data build-demo``.  Sources and pipeline:
+``docs/demo.md#the-demo-corpus``.
 """
 
 from __future__ import annotations
@@ -43,13 +22,13 @@ import re
 import subprocess
 import sys
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, Veco2Error
+from ..data.readers import read_dictionary, read_monolingual, read_parallel
+from ..data.sources import script_of
 from ..fileio import atomic_write, read_json, write_json, write_text
-from .readers import read_dictionary, read_monolingual, read_parallel
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +153,6 @@ def has_placeholder(text: str) -> bool:
 def clean_message(text: str) -> str:
     """Accelerators out, product names in, whitespace normalised (also removes any tab)."""
     return normalize_space(strip_accelerators(substitute_product_names(text)))
-
-
-def script_of(char: str) -> str | None:
-    """First word of the Unicode name for letters (``"LATIN"``, ``"CJK"``, ``"HANGUL"``...)."""
-    if not char.isalpha():
-        return None
-    try:
-        return unicodedata.name(char).split(" ", 1)[0]
-    except ValueError:
-        return None
 
 
 def script_fraction(text: str, scripts: tuple[str, ...]) -> float:
