@@ -55,8 +55,8 @@ def _training_arguments(parser: argparse.ArgumentParser, variant: bool = True) -
     parser.add_argument("--no-fused", action="store_true", help="no fused AdamW for veco2 on GPU")
     parser.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-RSS child processes")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override applied to every system")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides applied to every system, as `veco2 pretrain` takes them")
     parser.add_argument("--name", help="result file name (benchmarks/results/NAME.json)")
     parser.add_argument("--out", help="result file path (overrides --name)")
 

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from ..data.corpus import DEMO_DIR
 
+#: The environment of every timed run: one thread per process.
+ONE_THREAD = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "RAYON_RS_NUM_CPUS": "1",
+              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 #: Monolingual sentences per language (en and de) per parallel pair of the benchmark corpus.
 MONO_PER_PAIR = 0.25
 
@@ -166,8 +170,11 @@ def run_prepare_benchmark(pairs: list[int], workers: list[int], work_dir: str | 
         for w in workers:
             out = work / f"out-{n}-{w}"
             shutil.rmtree(out, ignore_errors=True)
+            # One thread per process (the in-process tokenizer too): N workers = N cores, so the runs
+            # measure how preparation scales with workers, not the tokenizer's own thread pool.
+            env = {**os.environ, **ONE_THREAD}
             proc = subprocess.run([sys.executable, "-m", "veco2.bench.prepare", str(corpus), str(tokenizer), str(out),
-                                   str(w), str(chunk_size)], capture_output=True, text=True)
+                                   str(w), str(chunk_size)], capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"prepare of {n} pairs with {w} workers failed:\n{proc.stderr[-3000:]}")
             run = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -120,7 +120,7 @@ class System:
                      "objectives.seq.encoding=separate"]
         else:
             base += VECO2_DEFAULTS
-        self.cfg = _apply_overrides(spec.variant, base + args.override + spec.overrides)
+        self.cfg = _apply_overrides(spec.variant, base + args.overrides + spec.overrides)
         cfg = self.cfg
         on_gpu = device.type == "cuda"
         self.bf16 = spec.kind == "veco2" and on_gpu and args.precision in ("auto", "bf16")
