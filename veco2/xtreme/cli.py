@@ -55,7 +55,7 @@ def register(subparsers) -> None:
                         "eval_batch_size=64, mixed_precision=no|bf16|fp16, save_steps=500, eval_steps, "
                         "logging_steps=10, report_to=none|tensorboard|wandb|..., max_train_examples, "
                         "warmup_steps, weight_decay, max_grad_norm, adam_epsilon (docs/finetuning.md)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimisation steps (tests / demo)")
+    p.add_argument("--max-steps", type=int, default=None, help="train exactly this many optimisation steps (cycling the training set; default: the task file's epochs)")
     p.add_argument("--translate-train", action="store_true",
                    help="also train on translated train-LANG files of the test languages (translate-train-all)")
     p.set_defaults(func=_finetune)
