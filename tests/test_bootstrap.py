@@ -106,3 +106,9 @@ def test_bucc_rows_sum_to_bucc_f1():
     stats = bucc_statistics(candidates, gold, 1.0, ["s1", "s2", "s3", "s4", "s5", "s6"])
     assert stats.score()["f1"] == pytest.approx(bucc_f1(candidates, gold, 1.0)["f1"])  # 2*2 / (3 + 4)
     assert stats.rows.sum(axis=0).tolist() == [2, 3, 4]
+
+
+def test_a_score_resampling_cannot_change_has_the_estimate_as_its_interval():
+    rows = np.full((7, 1), 1 / 7)  # Tatoeba chance: every query 1/7
+    interval = bootstrap.score_interval({0: {"de": ExampleStatistics("mean", ["accuracy"], rows)}}, ["de"], ["accuracy"])
+    assert interval.low == interval.estimate == interval.high == pytest.approx(100 / 7)

@@ -132,8 +132,11 @@ def average_interval(parts: Sequence[tuple[Runs, Runs | None, Sequence[str], Seq
 
 def _interval(estimate: float, replicates: np.ndarray) -> Interval:
     tail = (1 - LEVEL) / 2 * 100
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high))
+    low, high = (float(x) for x in np.percentile(replicates, [tail, 100 - tail]))
+    # a score the resampling cannot change (every row the same) differs from the estimate only by
+    # the rounding of its sums: report the estimate itself, not "0.2 [0.3, 0.3]"
+    low, high = (estimate if abs(x - estimate) < 1e-9 * max(1.0, abs(estimate)) else x for x in (low, high))
+    return Interval(estimate, low, high)
 
 
 def note(resamples: int = RESAMPLES, seed: int = SEED) -> str:
