@@ -115,6 +115,17 @@ def _pair_skip(src: str, tgt: str) -> str | None:
     return None
 
 
+def _keep_pair(stats: "ReadStats", src: str, tgt: str, number: int, reason: str | None = None) -> bool:
+    """Count a stripped pair of line ``number`` as kept, or as a skip with its reason (``reason``, else
+    :func:`_pair_skip`'s); True when it is kept."""
+    reason = reason or _pair_skip(src, tgt)
+    if reason is not None:
+        stats.skip(reason, number)
+        return False
+    stats.kept += 1
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Monolingual and parallel text
 # ---------------------------------------------------------------------------------------------
@@ -151,12 +162,9 @@ def read_parallel(path: str | Path, stats: ReadStats | None = None) -> Iterator[
         if len(columns) != 2:
             raise InputError(path, number, f"expected 2 tab-separated columns (src<TAB>tgt), found {len(columns)}")
         src, tgt = columns[0].strip(), columns[1].strip()
-        reason = HEADER_LINE if number == 1 and looks_like_header((src, tgt)) else _pair_skip(src, tgt)
-        if reason is not None:
-            stats.skip(reason, number)
-            continue
-        stats.kept += 1
-        yield src, tgt
+        header = HEADER_LINE if number == 1 and looks_like_header((src, tgt)) else None
+        if _keep_pair(stats, src, tgt, number, header):
+            yield src, tgt
 
 
 def _json_objects(path: str | Path) -> Iterator[tuple[int, dict | None]]:
@@ -216,12 +224,8 @@ def read_parallel_jsonl(path: str | Path, src_lang: str, tgt_lang: str,
         container = "translation" if isinstance(record.get("translation"), dict) else None
         src = _json_text(record, src_lang, path, number, container).strip()
         tgt = _json_text(record, tgt_lang, path, number, container).strip()
-        reason = _pair_skip(src, tgt)
-        if reason is not None:
-            stats.skip(reason, number)
-            continue
-        stats.kept += 1
-        yield src, tgt
+        if _keep_pair(stats, src, tgt, number):
+            yield src, tgt
 
 
 def _count_lines(path: str | Path) -> int:
@@ -247,12 +251,8 @@ def read_parallel_moses(
     for (number, src), (_, tgt) in zip(iter_lines(src_path), iter_lines(tgt_path)):
         stats.read += 1
         src, tgt = src.strip(), tgt.strip()
-        reason = _pair_skip(src, tgt)
-        if reason is not None:
-            stats.skip(reason, number)
-            continue
-        stats.kept += 1
-        yield src, tgt
+        if _keep_pair(stats, src, tgt, number):
+            yield src, tgt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,12 +398,8 @@ def read_hub_parallel(rows: Iterable[dict], name: str, src_field: str, tgt_field
         stats.read += 1
         src = _field(row, src_field, name, number).strip()
         tgt = _field(row, tgt_field, name, number).strip()
-        reason = _pair_skip(src, tgt)
-        if reason is not None:
-            stats.skip(reason, number)
-            continue
-        stats.kept += 1
-        yield src, tgt
+        if _keep_pair(stats, src, tgt, number):
+            yield src, tgt
 
 
 def _field(row: dict, dotted: str, name: str, number: int) -> str:
