@@ -51,13 +51,15 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def build_encoder(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> XLMRobertaForMaskedLM:
-    """A randomly initialised XLM-R MLM model of ``cfg.size``, or the checkpoint ``cfg.init_from``."""
+def build_encoder(cfg: ModelConfig, vocab_size: int, pad_token_id: int, *,
+                  init_source: str | None = None) -> XLMRobertaForMaskedLM:
+    """A randomly initialised XLM-R MLM model of ``cfg.size``, or the checkpoint ``cfg.init_from``
+    (``init_source``: the directory it resolves to, when the caller resolved it already)."""
     if cfg.init_from:
         # A hub name is downloaded (or found in the cache) first; the weights are then loaded checked:
         # a file that does not fit the masked-LM model is an error, not a randomly initialised
         # encoder (veco2.weights).  The MLM head is pre-trained further, so it must be there too.
-        source = resolve_pretrained(cfg.init_from)
+        source = init_source or resolve_pretrained(cfg.init_from)
         model = load_checked(AutoModelForMaskedLM, source, new_head_prefixes=(),
                              attn_implementation=cfg.attn_implementation)
         if model.get_input_embeddings().num_embeddings < vocab_size:

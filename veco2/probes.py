@@ -2,8 +2,9 @@
 
 A dictionary word pair found in a held-out (dev) sentence pair is embedded in its own sentences
 (mean of the word's subword vectors at a layer); each source word retrieves its nearest target word
-by cosine among all the language's items, and the reverse.  :func:`held_out_items` keeps only the
-dictionary entries that never were a synonym pair of the training shards, so the token-level loss
+by cosine among all the language's items, and the reverse.  :func:`word_translation_probe` keeps
+only the dictionary entries that never were a synonym pair of the training shards
+(:func:`trained_word_pairs`, ``word_items(exclude=...)``), so the token-level loss
 never pulled them together: the probe measures alignment that generalises, not a memorised pair
 (the word-level evaluation of XLM-Align, Chi et al. 2021, arXiv 2106.06381, and of cross-lingual
 word retrieval in general).  Used by the trainer's summary (per layer) and the sweeps' proxy.

@@ -212,7 +212,10 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         special = SpecialTokens.of(tokenizer)
 
         torch.manual_seed(t.seed)
-        encoder = build_encoder(cfg.model, vocab_size=len(tokenizer), pad_token_id=special.pad)
+        # The starting weights are resolved once, here: the hub is asked before training, not after it.
+        init_origin = _init_origin(cfg.model.init_from)
+        encoder = build_encoder(cfg.model, vocab_size=len(tokenizer), pad_token_id=special.pad,
+                                init_source=init_origin and init_origin["path"])
         model = Veco2ForPretraining(encoder, cfg.objectives, sparse_mlm_head=cfg.model.sparse_mlm_head,
                                     retrieval_layer=cfg.evaluation.retrieval_layer)
         fused = t.fused_adamw and accelerator.device.type == "cuda"
@@ -362,13 +365,14 @@ def pretrain(cfg: Config, out_dir: str | Path, *, stop_after: int | None = None,
         if accelerator.is_main_process:
             encoder_state = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
             summary = finish(cfg, out_dir, core, encoder_state, tokenizer, shards, state, n_params, sharded=sharded,
-                             negatives=negatives)
+                             negatives=negatives, init_origin=init_origin)
         accelerator.wait_for_everyone()
         return summary
 
 
 def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state: dict, tokenizer, shards, state: dict,
-           n_params: int, *, sharded: bool = False, negatives: dict | None = None) -> dict:
+           n_params: int, *, sharded: bool = False, negatives: dict | None = None,
+           init_origin: dict | None = None) -> dict:
     """Save the final model (from its gathered ``encoder_state``), run the held-out retrieval check,
     write summary.json and DONE.  On the main process only; ``sharded``: ``core`` holds FSDP shards,
     so the check runs on the saved model instead."""
@@ -410,7 +414,7 @@ def finish(cfg: Config, out_dir: Path, core: Veco2ForPretraining, encoder_state:
         "retrieval": {"layer": layer, "pooling": cfg.evaluation.retrieval_pooling, "accuracy": retrieval},
         "word_translation": probe,
         "shards": {"languages": shards.manifest["languages"], "mono": shards.num_mono, "bilingual": shards.num_bi},
-        "init_from": _init_origin(cfg.model.init_from),
+        "init_from": init_origin,
         "config": cfg.to_dict(),
         "provenance": provenance(cfg.to_dict()),
     }

@@ -445,10 +445,11 @@ def script_of(char: str) -> str | None:
         return None
 
 
-def script_share(text: str, scripts: tuple[str, ...]) -> float:
-    """Share of the letters of ``text`` in one of ``scripts`` (1.0 without letters: digits, symbols)."""
+def script_share(text: str, scripts: tuple[str, ...], without_letters: float = 1.0) -> float:
+    """Share of the letters of ``text`` in one of ``scripts``; ``without_letters`` for a text of digits
+    and symbols only (1.0: the script filter keeps it)."""
     letters = [script_of(c) for c in text if c.isalpha()]
-    return sum(s in scripts for s in letters) / len(letters) if letters else 1.0
+    return sum(s in scripts for s in letters) / len(letters) if letters else without_letters
 
 
 def dedup_hash(text: str) -> int:

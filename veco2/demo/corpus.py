@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import InputError, Veco2Error
 from ..data.readers import read_dictionary, read_monolingual, read_parallel
-from ..data.sources import script_of
+from ..data.sources import script_share
 from ..fileio import atomic_write, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,9 @@ def clean_message(text: str) -> str:
 
 
 def script_fraction(text: str, scripts: tuple[str, ...]) -> float:
-    """Fraction of the letters of ``text`` whose script is one of ``scripts`` (0.0 if no letters)."""
-    letters = [script_of(c) for c in text if c.isalpha()]
-    if not letters:
-        return 0.0
-    return sum(1 for s in letters if s in scripts) / len(letters)
+    """Fraction of the letters of ``text`` whose script is one of ``scripts`` (0.0 if no letters: the
+    demo builder wants text, not numbers)."""
+    return script_share(text, scripts, without_letters=0.0)
 
 
 def dedup_key(text: str) -> str:

@@ -209,6 +209,15 @@ def fmt_interval(interval, decimals: int = 1, *, signed: bool = False) -> str:
             f"{fmt_number(interval.high, decimals, signed=signed)}]")
 
 
+def fmt_delta(delta: float, interval, decimals: int = 1) -> str:
+    """"+Δ [+low, +high]*" of a difference with its bootstrap interval (* = it excludes 0); just "+Δ"
+    when there is no interval."""
+    text = fmt_number(delta, decimals, signed=True)
+    if interval is None:
+        return text
+    return text + fmt_interval(interval, decimals, signed=True) + ("*" if interval.excludes_zero else "")
+
+
 def _metric_stat(tree: ResultsTree, variant: str, task: str, metric: str) -> tuple[float, float]:
     """Mean and sample std (ddof=1) over seeds of one metric's language mean (QA F1 / EM)."""
     if tree.runs.empty or metric not in tree.runs:  # e.g. no QA task in the tree: no exact_match column
@@ -448,10 +457,7 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
         elif " Δ " in col:
             reference = col.rsplit(" Δ ", 1)[1]
             key = "trivial" if col == f"{ENGLISH} Δ trivial" else reference
-            display[col] = [NOT_APPLICABLE if variant == reference else
-                            fmt_number(v, decimals, signed=True)
-                            + fmt_interval(intervals.get((variant, key)), decimals, signed=True)
-                            + ("*" if intervals.get((variant, key)) and intervals[(variant, key)].excludes_zero else "")
+            display[col] = [NOT_APPLICABLE if variant == reference else fmt_delta(v, intervals.get((variant, key)), decimals)
                             for variant, v in zip(numeric["variant"], numeric[col])]
         elif col == ENGLISH:
             display[col] = [fmt_number(v, decimals) + fmt_interval(intervals.get((variant, ENGLISH)), decimals)
@@ -532,11 +538,8 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
                 num.update({f"{label} Δ{suffix}": delta, f"{label} significant{suffix}": sig,
                             f"{label} Δ low{suffix}": low, f"{label} Δ high{suffix}": high})
                 if variant != reference:
-                    if interval is not None:
-                        mark = fmt_interval(interval, decimals, signed=True) + ("*" if sig else "")
-                    else:
-                        mark = "" if sig else (" n.s." if sig is False else " ?")
-                    marks.append(f"{fmt_number(delta, decimals, signed=True)}{mark}")
+                    screen = "" if interval is not None or sig else (" n.s." if sig is False else " ?")
+                    marks.append(fmt_delta(delta, interval, decimals) + screen)
             text = fmt_mean_std(mean, std, decimals)
             if text != MISSING and marks:
                 text += f" ({'; '.join(marks)})"
@@ -687,8 +690,7 @@ def probe_table(tree: ResultsTree, *, decimals: int = 1) -> Table:
         disp = {"Variant": variant, "Layer": fmt_number(num["layer"], 0), "Word pairs": str(num["word_pairs"]),
                 "Word translation": fmt_number(mean, decimals),
                 f"Δ {reference}": NOT_APPLICABLE if variant == reference else (
-                    fmt_number(interval.estimate, decimals, signed=True) + fmt_interval(interval, decimals, signed=True)
-                    + ("*" if interval.excludes_zero else "") if interval else MISSING),
+                    fmt_delta(interval.estimate, interval, decimals) if interval else MISSING),
                 "Held-out retrieval": fmt_number(retrieval, decimals)}
         for layer, scores in sorted((probe.get("by_layer") or {}).items(), key=lambda kv: int(kv[0])):
             value = float(np.mean([scores[lang] for lang in languages])) if languages else math.nan
