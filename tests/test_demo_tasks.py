@@ -94,10 +94,10 @@ def test_classification_and_tagging_files_parse_with_four_plus_languages(task):
             rows = read_tsv(path, 3)
             labels = collections.Counter(r[2] for r in rows)
             assert set(labels) == {"0", "1"} and min(labels.values()) >= 0.4 * len(rows), (path, labels)
-            # a PAWS negative keeps the bag of units: same multiset of characters, modulo final stop
+            # a positive repeats the sentence, a negative changes it: modulo the final stop
             for s1, s2, label in rows:
-                core = lambda s: sorted(s.rstrip(".。।").replace(" ", ""))  # noqa: E731
-                assert core(s1) == core(s2)
+                core = lambda s: s.rstrip(".。।۔").rstrip()  # noqa: E731
+                assert (core(s1) == core(s2)) == (label == "1"), (path, s1, s2, label)
         elif task == "udpos":
             sentences = read_conll(path)
             tags = collections.Counter(t for s in sentences for _, t in s)
@@ -253,14 +253,22 @@ def test_panx_english_train_and_test_names_are_disjoint():
 # Builder procedures on hand-made inputs
 # ----------------------------------------------------------------------------------------------
 
-def test_paws_negative_swaps_exactly_two_content_units():
+def test_paws_negative_replaces_every_content_unit_with_one_the_sentence_lacks():
     units = dt.ContentUnits("en", ["the cat", "the dog", "a cat"], n_stop=1)  # stop = {'the'}
-    first, second = dt.paws_pair("the black cat sees a small dog", units, random.Random(1), label=0)
-    assert first == "the black cat sees a small dog"
-    words = second.rstrip(".").split()
-    assert words != first.split() and sorted(words) == sorted(first.split())
-    assert sum(a != b for a, b in zip(words, first.split())) == 2
-    assert dt.paws_pair("the cat", units, random.Random(1), label=0) is None  # < 2 content units
+    sentence = "the black cat sees a small dog"
+    vocabulary = ["cat", "mouse", "bird"]  # "cat" is in the sentence: never a replacement
+    for seed in range(10):
+        first, second = dt.paws_pair(sentence, units, vocabulary, random.Random(seed), label=0)
+        assert first == sentence
+        words, original = second.rstrip(".").split(), sentence.split()
+        assert len(words) == len(original)
+        kept = [(a, b) for a, b in zip(original, words) if a == b]
+        assert kept == [("the", "the"), ("a", "a")]  # the function words stay, every content unit goes
+        assert set(words) - {"the", "a"} <= {"mouse", "bird"}
+        positive = dt.paws_pair(sentence, units, vocabulary, random.Random(seed), label=1)
+        assert positive[0] == sentence and positive[1].rstrip(".") == sentence
+    assert dt.paws_pair("the a", units, vocabulary, random.Random(1), label=0) is None  # no content unit
+    assert dt.paws_pair("the cat", units, ["cat"], random.Random(1), label=0) is None  # nothing to put in
 
 
 def test_toggle_final_punct_and_nli_span():
@@ -362,6 +370,19 @@ def test_rebuild_replaces_the_task_folders_it_builds(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "tatoeba").iterdir()) == sorted(
         f"tatoeba.{c}-eng.{s}" for c in ("deu", "fra", "kor", "rus", "spa", "cmn") for s in (c, "eng"))
     assert manifest["test_languages"] == {"tatoeba": ["de", "es", "fr", "ko", "ru", "zh"]}
+
+
+def test_rebuilding_some_tasks_keeps_the_manifest_of_the_others(tmp_path):
+    _tiny_corpus(tmp_path / "corpus")
+    first = dt.build_demo_tasks(tmp_path / "corpus", tmp_path / "out", tasks=["tatoeba", "pawsx"])
+    first_hashes = dict(first["files"])
+    again = dt.build_demo_tasks(tmp_path / "corpus", tmp_path / "out", tasks=["pawsx"])
+    assert again["test_languages"] == first["test_languages"]  # tatoeba's are kept, in task order
+    assert list(again["counts"]) == list(first["counts"]) and again["counts"] == first["counts"]
+    assert again["files"] == first_hashes  # deterministic: the rebuilt pawsx files are the same
+    written = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert written["test_languages"] == first["test_languages"]
+    assert "Label 0" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")  # the procedures
 
 
 def test_bad_corpus_line_names_file_and_line(tmp_path):

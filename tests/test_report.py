@@ -75,7 +75,12 @@ def test_main_table_golden(tree):
     assert shown["Seeds"] == "3"
     assert list(disp.columns[3:]) == ["XNLI", "PAWS-X", "POS", "NER", "XQuAD (F1/EM)", "MLQA (F1/EM)",
                                       "TyDiQA (F1/EM)", "BUCC", "Tatoeba", "Classification", "Structured", "QA",
-                                      "Retrieval", "Avg", "Avg Δ mlm"]
+                                      "Retrieval", "Avg", "Avg en", "Avg non-en", "Avg Δ mlm"]
+    # English apart (the 7 tasks with an English test set: +6 each) and the non-English mean (-3 on
+    # those 7, the retrieval tasks' score on the other 2): (444 + 42) / 7 and (444 - 21 + 78) / 9.
+    assert mlm["Avg en"] == pytest.approx(486 / 7) and mlm["Avg en std"] == pytest.approx(1.0)
+    assert mlm["Avg non-en"] == pytest.approx(501 / 9) and mlm["Avg non-en std"] == pytest.approx(7 / 9)
+    assert shown["Avg en"] == "69.4 ± 1.0" and shown["Avg non-en"] == "55.7 ± 0.8"
     # The XTREME score's delta against mlm (OFFSET of generate.py), n/a on mlm itself.
     assert _row(num, "model", "mlm_seq_tok")["Avg Δ mlm"] == pytest.approx(3.0)
     assert _row(disp, "Model", "mlm_tok")["Avg Δ mlm"] == "+1.5" and shown["Avg Δ mlm"] == "n/a"
@@ -106,6 +111,23 @@ def test_ablation_table_deltas_and_significance(tree):
     assert _row(disp, "Variant", "mlm_tok")["XNLI"] == "71.5 ± 2.0 (+1.5 n.s.)"
     assert _row(disp, "Variant", "mlm_seq")["BUCC"] == "42.0 (+2.0 ?)"
     assert _row(disp, "Variant", "mlm_seq_tok")["Avg"] == "61.0 ± 0.4 (+3.0)"
+
+
+def test_transfer_and_english_ablation_tables_split_the_languages(tree):
+    transfer = ablation_table(tree, scope="non-en")
+    english = ablation_table(tree, scope="en")
+    assert transfer.name == "transfer" and english.name == "ablation_en"
+    seq = _row(transfer.numeric, "variant", "mlm_seq")
+    assert seq["XNLI"] == pytest.approx(72.0 - 3) and seq["XNLI Δ"] == pytest.approx(2.0)  # de -2, es -4
+    assert seq["BUCC"] == pytest.approx(42.0)  # retrieval: every language is non-English
+    assert seq["Avg"] == pytest.approx((444 - 21 + 78) / 9 + 2.0) and seq["Avg Δ"] == pytest.approx(2.0)
+    assert _row(transfer.display, "Variant", "mlm_seq")["XNLI"] == "69.0 ± 1.0 (+2.0)"
+    tok = _row(english.numeric, "variant", "mlm_tok")
+    assert tok["XNLI"] == pytest.approx(71.5 + 6) and tok["XNLI std"] == pytest.approx(2.0)
+    assert tok["XQuAD"] == pytest.approx(66 - 5 + 1.5 + 6)  # (F1 + EM) / 2 of English
+    assert math.isnan(tok["BUCC"]) and _row(english.display, "Variant", "mlm_tok")["Tatoeba"] == "n/a"
+    assert tok["Avg"] == pytest.approx(486 / 7 + 1.5) and tok["Avg Δ"] == pytest.approx(1.5)
+    assert "non-English" in transfer.notes[0] and "English test sets only" in english.notes[0]
 
 
 def test_significance_rule():
@@ -502,7 +524,7 @@ def test_an_added_variant_is_in_every_table_and_the_reference_is_a_setting(tmp_p
 
     against_seq = load_results(root, reference="mlm_seq")
     table = ablation_table(against_seq)
-    assert table.title == "Ablation of the alignment objectives (Δ against mlm_seq)"
+    assert table.title == "Ablation of the alignment objectives, all languages (Δ against mlm_seq)"
     assert _row(table.numeric, "variant", "mlm")["XNLI Δ"] == pytest.approx(-2.0)
     assert _row(table.numeric, "variant", "mlm_seq_half")["XNLI Δ"] == pytest.approx(0.0)
     assert _row(cost_table(against_seq).numeric, "variant", "mlm")["relative_cost"] == pytest.approx(0.8)
@@ -524,6 +546,25 @@ def _write_run(root, variant, task, seed, languages, correct: dict):
     write_example_statistics(seed_dir, stats)
     RunResult(task=task, languages=languages, seed=seed, scores=scores, task_score=summary["score"],
               data={"demo": False}).write(seed_dir / "results.json")
+
+
+def test_single_runs_split_by_language_have_intervals_and_no_spread(tmp_path):
+    """One seed (the demo): the English and non-English cells are one value with its bootstrap
+    interval, never "± 0.0", and the transfer Δ is the hand-computed difference of means."""
+    languages = ["en", "de", "es"]
+    mlm = {"en": [1] * 8 + [0] * 2, "de": [1] * 3 + [0] * 7, "es": [1] * 4 + [0] * 6}
+    seq = {"en": [1] * 8 + [0] * 2, "de": [1] * 6 + [0] * 4, "es": [1] * 5 + [0] * 5}
+    _write_run(tmp_path, "mlm", "xnli", 1, languages, mlm)
+    _write_run(tmp_path, "mlm_seq", "xnli", 1, languages, seq)
+    tree = load_results(tmp_path)
+    transfer = _row(ablation_table(tree, scope="non-en").numeric, "variant", "mlm_seq")
+    assert transfer["XNLI"] == pytest.approx(55.0) and math.isnan(transfer["XNLI std"])  # (60 + 50) / 2
+    assert transfer["XNLI Δ"] == pytest.approx(55.0 - 35.0)
+    assert transfer["XNLI Δ low"] <= 20.0 <= transfer["XNLI Δ high"]
+    english = _row(ablation_table(tree, scope="en").numeric, "variant", "mlm_seq")
+    assert english["XNLI"] == pytest.approx(80.0) and english["XNLI Δ"] == pytest.approx(0.0)
+    main = _row(main_table(tree, references=False).display, "Model", "mlm")
+    assert main["Avg en"].startswith("80.0 [") and main["Avg non-en"].startswith("35.0 [")
 
 
 def test_ablation_deltas_carry_paired_bootstrap_intervals_that_decide_significance(tmp_path):

@@ -27,11 +27,14 @@ def test_classification_predicts_the_majority_training_label(tmp_path):
     assert (tmp_path / "xnli" / "seed0" / "example_statistics.json").exists()
 
 
-def test_tagging_takes_each_words_most_frequent_tag_else_the_overall_one():
+def test_tagging_predicts_the_most_frequent_training_tag_everywhere():
     train = [{"words": ["the", "dog", "runs"], "tags": ["DET", "NOUN", "VERB"]},
              {"words": ["The", "runs", "runs"], "tags": ["DET", "NOUN", "NOUN"]}]
-    predictions, _ = predict_trivially(get_task("udpos"), train, [{"words": ["THE", "runs", "cat"]}])
-    assert predictions == [["DET", "NOUN", "NOUN"]]  # runs: NOUN 2 x VERB 1; cat unseen: NOUN (3 of 6)
+    predictions, rule = predict_trivially(get_task("udpos"), train, [{"words": ["THE", "runs", "cat"]}, {"words": ["a"]}])
+    assert predictions == [["NOUN", "NOUN", "NOUN"], ["NOUN"]]  # NOUN 3 of 6 tags
+    assert "'NOUN'" in rule
+    ner = [{"words": ["Ann", "sees", "a", "dog"], "tags": ["B-PER", "O", "O", "O"]}]
+    assert predict_trivially(get_task("panx"), ner, [{"words": ["x", "y"]}])[0] == [["O", "O"]]
 
 
 def test_qa_span_is_the_first_k_context_words():
@@ -78,3 +81,5 @@ def test_the_report_shows_the_trivial_row_and_englishs_delta_against_it(tmp_path
     assert "trivial" in ablation_table(tree).numeric["variant"].tolist()
     assert cost_table(tree).numeric["variant"].tolist() == ["mlm"]  # the trivial row was not pre-trained
     assert any("trivial: what a model that learned nothing" in note for note in ablation_table(tree).notes)
+    # the trivial row's seed0 is not a fine-tuning seed the variants lack
+    assert not [gap for gap in tree.missing if "xnli" in gap], tree.missing

@@ -146,6 +146,9 @@ def test_pretrain_jobs_run_their_scale_pretrain_config_and_nothing_else(scale, s
         assert prefix[-1] == "--" and "accelerate" not in prefix  # default profile: one GPU per job
 
 
+DEMO_BUDGETS = {"classification": (3e-4, 250, 250), "tagging": (5e-4, 150, 150), "qa": (5e-4, 40, 40)}
+
+
 @pytest.mark.parametrize("scale", SCALES)
 def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, scale_commands):
     jobs = finetune_jobs(scale_commands(scale))
@@ -163,8 +166,9 @@ def test_finetune_jobs_get_the_official_settings_at_paper_scale(scale, scale_com
             overrides["max_steps"] = int(max_steps[0])
         hp = resolve_hyperparameters(task, overrides)
         official = task.hyperparameters
-        if scale == "demo":
-            assert (hp.max_steps, hp.max_train_examples, hp.batch_size) == (20, 320, 16)
+        if scale == "demo":  # per-family budgets that learn English (config/demo.yaml)
+            assert not max_steps and hp.max_train_examples is None and hp.batch_size == 16
+            assert (hp.learning_rate, hp.max_steps, hp.eval_steps) == DEMO_BUDGETS[task.family]
         else:
             assert not max_steps and hp.max_steps is None and hp.max_train_examples is None
             assert hp.num_train_epochs == official["num_train_epochs"]
@@ -253,6 +257,63 @@ def test_each_scale_sweeps_its_own_study(scale, tmp_path):
     for args in workers:
         assert Path(option_values(args, "--config")[0]).resolve() == (REPO / spec["config"]).resolve()
         assert option_values(args, "--out") == [f"results/{scale}/sweeps/{study}"]
+
+
+def test_finetune_settings_layer_overrides_then_family_then_task(tmp_path):
+    """What each job is given: `finetune.overrides`, then its family's, then its task's (later win)."""
+    config = scale_config("demo")
+    config["tasks"] = ["xnli", "pawsx", "udpos", "tatoeba"]
+    config["finetune"] = {"max_steps": None, "overrides": {"learning_rate": 1e-5, "batch_size": 8},
+                          "family_overrides": {"classification": {"learning_rate": 2e-4, "max_steps": 9},
+                                               "tagging": {"max_steps": 7}},
+                          "task_overrides": {"pawsx": {"learning_rate": 9e-4}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    resolved = {}
+    for _, args in finetune_jobs(planned_commands(tmp_path / "run", "--configfile", str(path))):
+        if "mlm" in option_values(args, "--model")[0].split("/"):
+            task = get_task(option_values(args, "--task")[0])
+            hp = resolve_hyperparameters(task, parse_overrides(key_value_overrides(args)))
+            resolved[task.name] = (hp.learning_rate, hp.max_steps, hp.batch_size)
+    assert resolved == {"xnli": (2e-4, 9, 8), "pawsx": (9e-4, 9, 8), "udpos": (1e-5, 7, 8)}
+
+
+def test_a_family_override_of_an_unknown_family_is_refused(tmp_path):
+    config = scale_config("demo")
+    config["finetune"]["family_overrides"] = {"retrieval": {"learning_rate": 1e-4}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(path), check=False)
+    assert proc.returncode != 0 and "retrieval" in proc.stdout + proc.stderr
+
+
+def planned_inputs(tmp_path: Path, *args: str) -> dict[tuple[str, str], list[str]]:
+    """``(rule, wildcards) -> input files`` of every job of a dry run."""
+    proc = snakemake("-n", "--directory", str(tmp_path), *args)
+    jobs, rule, inputs = {}, None, []
+    for line in proc.stdout.splitlines():
+        if line.startswith("rule ") or line.startswith("localrule "):
+            rule, inputs = line.split()[1].rstrip(":"), []
+        elif line.strip().startswith("input: "):
+            inputs = line.strip().removeprefix("input: ").split(", ")
+        elif line.strip().startswith("wildcards: ") and rule:
+            jobs[(rule, line.strip().removeprefix("wildcards: "))] = inputs
+    return jobs
+
+
+def test_jobs_depend_on_the_packaged_demo_files_of_their_task(tmp_path):
+    """A rebuilt demo task (`veco2 data build-demo-tasks --tasks pawsx`) reruns that task's jobs: each
+    job declares the files it reads, and only those."""
+    jobs = planned_inputs(tmp_path, "--configfile", str(REPO / "config" / "demo.yaml"))
+    manifest = yaml.safe_load((REPO / "veco2" / "demo_data" / "xtreme" / "manifest.json").read_text())
+    for (rule, wildcards), inputs in jobs.items():
+        if rule not in ("finetune", "evaluate_retrieval", "trivial_baseline"):
+            continue
+        task = dict(part.split("=") for part in wildcards.split(", "))["task"]
+        data = sorted(Path(p).relative_to(Path(p).parents[1]).as_posix() for p in inputs if "demo_data" in p)
+        folders = {"xquad": {"squad", "xquad"}, "mlqa": {"squad", "mlqa"}}.get(task, {task})
+        assert data == sorted(rel for rel in manifest["files"] if rel.split("/")[0] in folders), (rule, task)
+    assert ("trivial_baseline", "task=pawsx") in jobs
 
 
 def test_a_bookkeeping_override_keeps_the_checkpoint_directory(tmp_path):

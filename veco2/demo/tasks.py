@@ -309,18 +309,29 @@ def toggle_final_punct(text: str) -> str:
     return text + ("。" if any("\u4e00" <= c <= "\u9fff" or "\u3040" <= c <= "\u30ff" for c in text) else ".")
 
 
-def paws_pair(text: str, units: ContentUnits, rng: random.Random, label: int) -> tuple[str, str] | None:
+def paws_pair(text: str, units: ContentUnits, vocabulary: list[str], rng: random.Random,
+              label: int) -> tuple[str, str] | None:
+    """``(s, s')``: label 1, ``s'`` is ``s``; label 0, every content unit of ``s`` is replaced by a
+    content unit of other sentences of the pool (``vocabulary``) that ``s`` does not contain, so the
+    function words and the word order stay and the meaning goes.  Either label gets the
+    meaning-neutral final-punctuation edit with probability 1/2, so the edit is no cue.
+
+    Not PAWS's word swap (same words, another order), nor a one-word substitution: in its
+    fine-tuning budget a demo encoder learns neither (docs/demo.md has the measurements)."""
     spans = units.spans(text)
-    distinct = {text[a:b].lower() for a, b in spans}
-    if len(distinct) < 2:
+    if not spans:
         return None
     second = text
     if label == 0:
-        while True:
-            (a0, a1), (b0, b1) = sorted(rng.sample(spans, 2))
-            if text[a0:a1].lower() != text[b0:b1].lower():
-                break
-        second = text[:a0] + text[b0:b1] + text[a1:b0] + text[a0:a1] + text[b1:]
+        present = {text[a:b].lower() for a, b in spans}
+        for a, b in reversed(spans):  # right to left: the spans still to replace keep their offsets
+            for _ in range(20):  # a few draws; a pool of one sentence's words has no other unit
+                unit = rng.choice(vocabulary)
+                if unit.lower() not in present:
+                    break
+            else:
+                return None
+            second = second[:a] + unit + second[b:]
     if rng.random() < 0.5:
         second = toggle_final_punct(second)
     return text, second
@@ -328,11 +339,14 @@ def paws_pair(text: str, units: ContentUnits, rng: random.Random, label: int) ->
 
 def build_pawsx(pools: Pools, out: Path, rng: random.Random, counts: dict) -> None:
     def make(lang, sentences, n):
+        units = pools.units[lang]
+        # the replacement words come from the same pool, so no split borrows another split's words
+        vocabulary = sorted({s[a:b] for s in sentences for a, b in units.spans(s)})
         rows, labels = [], _balanced_labels([0, 1], n, rng)
         for s in _shuffled(sentences, rng):
             if len(rows) == n:
                 break
-            pair = paws_pair(s, pools.units[lang], rng, labels[len(rows)])
+            pair = paws_pair(s, units, vocabulary, rng, labels[len(rows)])
             if pair:
                 rows.append(f"{pair[0]}\t{pair[1]}\t{labels[len(rows)]}")
         return rows
@@ -780,6 +794,7 @@ def build_demo_tasks(corpus_dir: str | Path, out_dir: str | Path, seed: int = 0,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     manifest = _manifest(corpus_dir, out_dir, seed, apertium_dir, counts, pools, languages)
+    manifest = _keep_unbuilt(manifest, out_dir / "manifest.json", tasks)
     write_json(out_dir / "manifest.json", manifest)
     write_text(out_dir / "README.md", _readme(manifest))
     return manifest
@@ -816,9 +831,57 @@ def _manifest(corpus_dir: Path, out_dir: Path, seed: int, apertium_dir: Path, co
             "counts": counts, "files": files}
 
 
+#: The tasks whose build reads a source of the manifest: a rebuild without them keeps its recorded version.
+SOURCE_TASKS = {"apertium": {"udpos"}, "babel (CLDR names)": {"panx"}, "faker (person / company names)": {"panx"}}
+#: Count entries that belong to a task without being named after it.
+TASK_COUNTS = {"udpos_kept_fraction": "udpos"}
+
+
+def _keep_unbuilt(manifest: dict, previous_path: Path, tasks: Sequence[str]) -> dict:
+    """A rebuild of some tasks (``--tasks``) keeps what the previous manifest says of the others:
+    their test languages, counts and skipped languages, and the versions of sources only they read."""
+    if set(tasks) >= set(TASKS) or not previous_path.exists():
+        return manifest
+    previous = json.loads(previous_path.read_text(encoding="utf-8"))
+    built = set(tasks)
+    if "squad" in built:  # built with the QA tasks it trains
+        built |= set(QA_TASKS)
+    for task, langs in previous.get("test_languages", {}).items():
+        if task not in built:
+            manifest["test_languages"][task] = langs
+    counts = manifest["counts"]
+    for name, value in previous.get("counts", {}).items():
+        if name == "skipped":
+            for task, skipped in value.items():
+                if task not in built:
+                    counts.setdefault("skipped", {})[task] = skipped
+        elif TASK_COUNTS.get(name, name) not in built:
+            counts[name] = value
+    for name, value in previous.get("sources", {}).items():
+        if not SOURCE_TASKS.get(name, set()) & built:
+            manifest["sources"][name] = value
+    manifest["test_languages"] = {t: manifest["test_languages"][t] for t in TASKS if t in manifest["test_languages"]}
+    manifest["counts"] = {name: counts[name] for name in dict.fromkeys([*previous.get("counts", {}), *counts])
+                          if name in counts}  # the previous order: a rebuild's diff shows only what changed
+    return manifest
+
+
+#: The procedures' reference, copied into the data folder's README so that the data card is complete.
+PROCEDURES_DOC = Path(__file__).resolve().parents[2] / "docs" / "demo.md"
+
+
+def _procedures() -> str:
+    """docs/demo.md's section on these tasks (its sub-sections one level up); the module docstring
+    where the repository's docs are not at hand (an installed wheel)."""
+    if PROCEDURES_DOC.exists():
+        text = PROCEDURES_DOC.read_text(encoding="utf-8")
+        section = text.split("\n## The demo XTREME tasks\n", 1)[-1].split("\n## ", 1)[0]
+        return re.sub(r"^### ", "## ", section.split("\n\n", 1)[1].strip(), flags=re.M)
+    return __doc__.split("\n\n", 1)[1].strip()
+
+
 def _readme(manifest: dict) -> str:
-    doc = __doc__.split("\n\n", 1)[1]
-    lines = ["# XTREME demo task data", "", DEMO_NOTE, "", doc.strip(), "", "## Sources", ""]
+    lines = ["# XTREME demo task data", "", DEMO_NOTE, "", _procedures(), "", "## Sources", ""]
     lines += [f"- {name}: `{json.dumps(value, ensure_ascii=False)}`" for name, value in manifest["sources"].items()]
     lines += ["", "## Test languages (each an official XTREME language of its task)", ""]
     lines += [f"- {task}: {' '.join(langs)}" for task, langs in manifest["test_languages"].items()]

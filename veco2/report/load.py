@@ -202,7 +202,9 @@ def _language_score(task: str, metrics: dict) -> float:
 
 
 def _list_xtreme_gaps(tree: ResultsTree, long: pd.DataFrame) -> None:
-    finetune_seeds = sorted({int(s) for t, s in zip(long["task"], long["seed"]) if t not in RETRIEVAL_TASKS})
+    # the trivial row is one deterministic run (seed0) of every task: not a fine-tuning seed
+    finetune_seeds = sorted({int(s) for v, t, s in zip(long["variant"], long["task"], long["seed"])
+                             if t not in RETRIEVAL_TASKS and v != TRIVIAL})
     present = {(v, t): sorted(set(g["seed"])) for (v, t), g in long.groupby(["variant", "task"])}
     for variant in tree.variants:
         absent = [t for t in TASKS if (variant, t) not in present]

@@ -248,9 +248,9 @@ def delta_references(tree: ResultsTree) -> list[str]:
 
 
 TRIVIAL_NOTE = ("trivial: what a model that learned nothing from the text scores (veco2.xtreme.trivial): the "
-                "majority English training label (XNLI, PAWS-X), each word's most frequent English training tag "
-                "(UD-POS, PAN-X), the first k context words with k the median English answer length (QA), chance "
-                "(Tatoeba) and no pair extracted (BUCC).")
+                "majority English training label (XNLI, PAWS-X), the most frequent English training tag for "
+                "every word (UD-POS: NOUN; PAN-X: O, no entity), the first k context words with k the median "
+                "English answer length (QA), chance (Tatoeba) and no pair extracted (BUCC).")
 
 
 def delta_label(reference: str) -> str:
@@ -314,6 +314,13 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
         num[AVERAGE], num[f"{AVERAGE} std"] = mean, std
         num[f"{AVERAGE} low"], num[f"{AVERAGE} high"] = _bounds(interval)
         disp[AVERAGE] = fmt_mean_std(mean, std, decimals) + fmt_interval(interval, decimals)
+        for scope in (ENGLISH, NON_ENGLISH):  # English and cross-lingual apart (the ablation tables per task)
+            label = f"{AVERAGE} {scope}"
+            scope_mean, scope_std, _ = _scope_stat(tree, variant, None, scope)
+            scope_interval = _scope_interval(tree, variant, None, scope)
+            num[label], num[f"{label} std"] = scope_mean, scope_std
+            num[f"{label} low"], num[f"{label} high"] = _bounds(scope_interval)
+            disp[label] = fmt_mean_std(scope_mean, scope_std, decimals) + fmt_interval(scope_interval, decimals)
         for reference in references_for_delta:  # the XTREME score's Δ against each reference row
             label = f"{AVERAGE} {delta_label(reference)}"
             delta = mean - _stat(tree, reference, "xtreme", "xtreme")[0] if variant != reference else math.nan
@@ -344,6 +351,9 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
                 disp[CATEGORY_LABELS[category]] = NOT_REPORTED
             num[AVERAGE], num[f"{AVERAGE} std"] = ref.get(AVERAGE, math.nan), math.nan
             disp[AVERAGE] = fmt_number(ref.get(AVERAGE), decimals, missing=NOT_REPORTED)
+            for scope in (ENGLISH, NON_ENGLISH):
+                num[f"{AVERAGE} {scope}"] = num[f"{AVERAGE} {scope} std"] = math.nan
+                disp[f"{AVERAGE} {scope}"] = NOT_REPORTED
             for reference in references_for_delta:  # never a delta between published and our numbers
                 num[f"{AVERAGE} {delta_label(reference)}"] = math.nan
                 disp[f"{AVERAGE} {delta_label(reference)}"] = NOT_APPLICABLE
@@ -359,6 +369,9 @@ def main_table(tree: ResultsTree, *, decimals: int = 1, references: bool = True)
         "Values: mean ± sample std (ddof=1) over fine-tuning seeds; one value where there is a single seed "
         "(retrieval tasks are deterministic, seed0). QA cells are F1/EM. Avg = mean of the nine task scores "
         "(QA task score = (F1 + EM) / 2); categories = mean of their tasks. "
+        f"{AVERAGE} {ENGLISH} = mean of the English scores of the tasks with an English test set; "
+        f"{AVERAGE} {NON_ENGLISH} = mean over the nine tasks of their non-English mean (per task: the "
+        "transfer and ablation_en tables). "
         + bootstrap.note().split(";")[0] + " of the task score (QA: of F1), where the runs recorded "
         "per-example rows.",
         f"{MISSING} = missing from the results tree (see missing.txt); {NOT_REPORTED} = not reported by the source. "
@@ -485,6 +498,78 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
 # ---------------------------------------------------------------------------------------------
 
 
+#: The language sets a score is averaged over: every language (the XTREME convention), English
+#: alone, and the non-English languages (the cross-lingual transfer the method is about).
+ALL, NON_ENGLISH = "all", "non-en"
+SCOPES = {ALL: "all languages", ENGLISH: "English", NON_ENGLISH: "non-English mean"}
+
+
+def scope_languages(tree: ResultsTree, task: str, scope: str) -> list[str]:
+    """The task's languages in ``scope``; none for English on a retrieval task (every language is
+    paired with English; there is no English test set)."""
+    langs = tree.languages.get(task, [])
+    if scope == ENGLISH:
+        return [ENGLISH] if ENGLISH in langs and task not in RETRIEVAL_TASKS else []
+    if scope == NON_ENGLISH:
+        return [lang for lang in langs if lang != ENGLISH]
+    return list(langs)
+
+
+def _scope_seed_scores(tree: ResultsTree, variant: str, task: str, scope: str) -> dict[int, float]:
+    """Per seed, the mean over the scope's languages of the per-language score (none if one lacks)."""
+    langs = scope_languages(tree, task, scope)
+    pl = tree.per_language
+    if not langs or pl.empty:
+        return {}
+    sub = pl[(pl["variant"] == variant) & (pl["task"] == task) & pl["language"].isin(langs)]
+    return {int(seed): float(g["score"].mean()) for seed, g in sub.groupby("seed") if len(g) == len(langs)}
+
+
+def _scope_stat(tree: ResultsTree, variant: str, task: str | None, scope: str) -> tuple[float, float, int]:
+    """(mean, std, n_seeds) of a task's scope score over seeds; ``task`` None: the mean over the tasks
+    that have the scope (English: those with an English test set), per fine-tuning seed, a
+    single-run (retrieval) task counting for every seed, as the XTREME score does."""
+    if scope == ALL:
+        return _stat(tree, variant, "task", task) if task else _stat(tree, variant, "xtreme", "xtreme")
+    if task is not None:
+        values = list(_scope_seed_scores(tree, variant, task, scope).values())
+    else:
+        per_task = [_scope_seed_scores(tree, variant, t, scope) for t in TASKS if scope_languages(tree, t, scope)]
+        if not per_task or not all(per_task):
+            return math.nan, math.nan, 0
+        seeds = sorted({seed for scores in per_task if len(scores) > 1 for seed in scores}) or [None]
+        values = []
+        for seed in seeds:  # None: every task is one run, so there is one value and no spread
+            parts = [next(iter(scores.values())) if len(scores) == 1 else scores.get(seed, math.nan)
+                     for scores in per_task]
+            values.append(float(np.mean(parts)))
+        values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan, len(values)
+
+
+def _scope_interval(tree: ResultsTree, variant: str, task: str | None, scope: str, reference: str | None = None):
+    """The bootstrap interval of a scope score (or its difference from ``reference``); ``task`` None:
+    of the mean over the tasks that have the scope.  None without per-example rows."""
+    if scope == ALL:
+        return _interval(tree, variant, task, reference=reference) if task else \
+            _average_interval(tree, variant, reference)
+    tasks = [task] if task else [t for t in TASKS if scope_languages(tree, t, scope)]
+    parts = []
+    for name in tasks:
+        runs = tree.examples.get((variant, name))
+        other = tree.examples.get((reference, name)) if reference is not None else None
+        if runs is None or (reference is not None and other is None) or not scope_languages(tree, name, scope):
+            return None
+        parts.append((runs, other, scope_languages(tree, name, scope), aggregate.TASK_METRICS[name]))
+    if len(parts) == 1:
+        runs, other, langs, keys = parts[0]
+        return bootstrap.score_interval(runs, langs, keys) if other is None else \
+            bootstrap.delta_interval(runs, other, langs, keys)
+    return bootstrap.average_interval(parts) if parts else None
+
+
 def significance(delta: float, std_variant: float, std_baseline: float) -> bool | None:
     """Whether a delta stands out of the seed noise: ``|Δ| >= max(std_variant, std_baseline)``.
 
@@ -501,35 +586,50 @@ def significance(delta: float, std_variant: float, std_baseline: float) -> bool 
     return abs(delta) >= max(stds)
 
 
-def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, baseline: str | None = None) -> Table:
+ABLATION_TABLES = {  # name, scope, title: the cross-lingual table first, the method's claim
+    "transfer": (NON_ENGLISH, "Cross-lingual transfer: the non-English mean of each task"),
+    "ablation_en": (ENGLISH, "English (the fine-tuning language)"),
+    "ablation": (ALL, "Ablation of the alignment objectives, all languages"),
+}
+
+
+def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, baseline: str | None = None,
+                   scope: str = ALL) -> Table:
     """Rows = every model of the tree (default ``tree.variants``: the pre-trained variants, then the
-    baselines), columns = the nine tasks and Avg: "mean ± std (Δ)".
+    baselines), columns = the nine tasks and Avg: "mean ± std (Δ)", each the score over ``scope``'s
+    languages (:data:`SCOPES`: all, English or the non-English mean; "n/a" where a task has no such
+    language, as retrieval has no English test set).
 
     Δ = row mean − reference mean (full precision), against ``baseline`` (mlm) and then against
-    each baseline of the tree (the starting model), separated by ";" in the cell; the mark after a
-    Δ is "n.s." when :func:`significance` is False and "?" when it cannot be assessed (single run).
-    Numeric columns per task: ``{Label}``, ``{Label} std``, ``{Label} Δ``, ``{Label} significant``
-    (against ``baseline``) and ``{Label} Δ B``, ``{Label} significant B`` for each baseline ``B``.
+    each baseline of the tree (the starting model), separated by ";" in the cell; with per-example
+    rows, the paired bootstrap interval follows and "*" marks one that excludes 0; without them the
+    mark is "n.s." when :func:`significance` is False and "?" when it cannot be assessed (single run).
+    Avg = the XTREME score (all) or the mean over the tasks that have the scope.
+    Numeric columns per task: ``{Label}``, ``{Label} std``, ``{Label} Δ``, ``{Label} significant``,
+    ``{Label} Δ low``, ``{Label} Δ high`` (against ``baseline``) and the same with `` B`` appended
+    for each baseline ``B``.
     """
     variants = list(tree.variants if variants is None else variants)
     baseline = baseline or tree.reference
     references = [baseline] + [b for b in tree.baselines if b != baseline]
-    columns = [(task, "task", task, TASK_LABELS[task]) for task in TASKS] + [(None, "xtreme", "xtreme", AVERAGE)]
+    name, title = next(((n, t) for n, (sc, t) in ABLATION_TABLES.items() if sc == scope), (None, None))
+    columns = [(task, TASK_LABELS[task]) for task in TASKS] + [(None, AVERAGE)]
     num_rows, disp_rows = [], []
     for variant in variants:
         num, disp = {"variant": variant}, {"Variant": variant}
-        for _, level, name, label in columns:
-            mean, std, _ = _stat(tree, variant, level, name)
+        for task, label in columns:
+            if task is not None and not scope_languages(tree, task, scope) and task in tree.languages:
+                num.update({label: math.nan, f"{label} std": math.nan})
+                disp[label] = NOT_APPLICABLE
+                continue
+            mean, std, _ = _scope_stat(tree, variant, task, scope)
             num.update({label: mean, f"{label} std": std})
             marks = []
             for reference in references:
                 suffix = "" if reference == baseline else f" {reference}"
-                base_mean, base_std, _ = _stat(tree, reference, level, name)
+                base_mean, base_std, _ = _scope_stat(tree, reference, task, scope)
                 delta = mean - base_mean if variant != reference else math.nan
-                interval = None
-                if variant != reference:
-                    interval = (_interval(tree, variant, name, reference=reference) if level == "task"
-                                else _average_interval(tree, variant, reference))
+                interval = _scope_interval(tree, variant, task, scope, reference) if variant != reference else None
                 if interval is not None:  # the paired bootstrap decides
                     sig = interval.excludes_zero
                 else:  # no per-example rows (older results): the seed-std noise screen
@@ -547,7 +647,15 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
         num_rows.append(num)
         disp_rows.append(disp)
     against = " and ".join(references)
-    notes = [f"mean ± std over seeds (Δ = row − {'; row − '.join(references)}). {bootstrap.note()} "
+    scope_note = {ALL: "Scores over all test languages, English included (the XTREME convention); Avg = the "
+                       "XTREME score.",
+                  ENGLISH: f"English test sets only (the fine-tuning language); Avg = mean over the tasks with an "
+                           f"English test set; {NOT_APPLICABLE} = the task has none (retrieval pairs every "
+                           "language with English).",
+                  NON_ENGLISH: "Mean over each task's non-English test languages: zero-shot cross-lingual "
+                               "transfer, what the alignment objectives are meant to improve; Avg = mean over "
+                               "the nine tasks."}[scope]
+    notes = [f"{scope_note} mean ± std over seeds (Δ = row − {'; row − '.join(references)}). {bootstrap.note()} "
              "Where a run has no per-example rows (results written before veco2 recorded them): n.s. = |Δ| "
              "is smaller than the larger seed std of the two rows, a noise screen, not a test; ?: single "
              f"run, nothing to judge by. {MISSING} = missing."]
@@ -556,8 +664,7 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
     if tree.baselines:
         notes.append(f"Baselines ({', '.join(tree.baselines)}): fine-tuned and scored here from their published "
                      "checkpoints, without pre-training here; the starting model of the continued pre-training.")
-    return Table("ablation", f"Ablation of the alignment objectives (Δ against {against})",
-                 pd.DataFrame(num_rows), pd.DataFrame(disp_rows), notes)
+    return Table(name, f"{title} (Δ against {against})", pd.DataFrame(num_rows), pd.DataFrame(disp_rows), notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,7 +817,8 @@ def probe_table(tree: ResultsTree, *, decimals: int = 1) -> Table:
 
 def build_tables(tree: ResultsTree, *, decimals: int = 1) -> list[Table]:
     """Every table of the report: main, ablation, cost, probes, then one per-language table per task present."""
-    tables = [main_table(tree, decimals=decimals), ablation_table(tree, decimals=decimals), cost_table(tree),
+    ablations = [ablation_table(tree, decimals=decimals, scope=scope) for scope, _ in ABLATION_TABLES.values()]
+    tables = [ablations[0], main_table(tree, decimals=decimals), *ablations[1:], cost_table(tree),
               probe_table(tree, decimals=decimals)]
     tables += [per_language_table(tree, task, decimals=decimals) for task in TASKS if task in tree.languages]
     if tree.demo:  # the caption of every Markdown / LaTeX / HTML table says so

@@ -204,7 +204,10 @@ def model_arg(wildcards):
 
 
 def finetune_overrides(task):
-    return {**config["finetune"]["overrides"], **config["finetune"]["task_overrides"].get(task, {})}
+    """The fine-tuning settings a task's jobs get: `overrides`, then its family's, then its own (later win)."""
+    finetune = config["finetune"]
+    return {**finetune["overrides"], **finetune["family_overrides"].get(FAMILY[task], {}),
+            **finetune["task_overrides"].get(task, {})}
 
 
 for _task in config["finetune"]["task_overrides"]:
@@ -239,9 +242,26 @@ def evaluate_args(wildcards):
     return args
 
 
+def _demo_task_files():
+    """Per task, the packaged demo files it reads (the folders its task file names), from the demo
+    data's manifest: a rebuilt task's data reruns that task's jobs and no other."""
+    files = json.loads(Path(XTREME_ROOT, "manifest.json").read_text(encoding="utf-8"))["files"]
+    by_task = {}
+    for task in TASKS:
+        folders = {Path(pattern).parts[0] for pattern in get_task(task).local["files"].values() if pattern}
+        by_task[task] = sorted(os.path.join(XTREME_ROOT, rel) for rel in files if Path(rel).parts[0] in folders)
+    return by_task
+
+
+DEMO_TASK_FILES = _demo_task_files() if XTREME_SOURCE == "demo" else {}
+
+
 def xtreme_data_input(wildcards):
-    """The prefetched layout, when the config asks for one (a localrule downloads it)."""
-    return [PREFETCH_MANIFEST] if PREFETCH_MANIFEST else []
+    """The data a job reads, where the workflow knows it: the prefetched layout's manifest (a
+    localrule downloads it) or the packaged demo files of the task."""
+    if PREFETCH_MANIFEST:
+        return [PREFETCH_MANIFEST]
+    return DEMO_TASK_FILES.get(wildcards.task, [])
 
 
 # ---------------------------------------------------------------------------------------------
