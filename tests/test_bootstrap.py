@@ -112,3 +112,19 @@ def test_a_score_resampling_cannot_change_has_the_estimate_as_its_interval():
     rows = np.full((7, 1), 1 / 7)  # Tatoeba chance: every query 1/7
     interval = bootstrap.score_interval({0: {"de": ExampleStatistics("mean", ["accuracy"], rows)}}, ["de"], ["accuracy"])
     assert interval.low == interval.estimate == interval.high == pytest.approx(100 / 7)
+
+
+def test_the_average_of_one_task_is_that_tasks_interval():
+    """The report takes every scope's interval from average_interval (one task or several): with one
+    task it must draw exactly what score_interval / delta_interval draw."""
+    rng = np.random.default_rng(1)
+
+    def runs(p):
+        return {seed: {lang: ExampleStatistics("mean", ["accuracy"], (rng.random((50, 1)) < p).astype(float))
+                       for lang in ("de", "fr")} for seed in (1, 2)}
+
+    a, b = runs(0.6), runs(0.4)
+    assert bootstrap.average_interval([(a, b, ["de", "fr"], ["accuracy"])]) == \
+        bootstrap.delta_interval(a, b, ["de", "fr"], ["accuracy"])
+    assert bootstrap.average_interval([(a, None, ["de"], ["accuracy"])]) == \
+        bootstrap.score_interval(a, ["de"], ["accuracy"])

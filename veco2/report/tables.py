@@ -501,7 +501,6 @@ def per_language_table(tree: ResultsTree, task: str, *, decimals: int = 1) -> Ta
 #: The language sets a score is averaged over: every language (the XTREME convention), English
 #: alone, and the non-English languages (the cross-lingual transfer the method is about).
 ALL, NON_ENGLISH = "all", "non-en"
-SCOPES = {ALL: "all languages", ENGLISH: "English", NON_ENGLISH: "non-English mean"}
 
 
 def scope_languages(tree: ResultsTree, task: str, scope: str) -> list[str]:
@@ -563,11 +562,7 @@ def _scope_interval(tree: ResultsTree, variant: str, task: str | None, scope: st
         if runs is None or (reference is not None and other is None) or not scope_languages(tree, name, scope):
             return None
         parts.append((runs, other, scope_languages(tree, name, scope), aggregate.TASK_METRICS[name]))
-    if len(parts) == 1:
-        runs, other, langs, keys = parts[0]
-        return bootstrap.score_interval(runs, langs, keys) if other is None else \
-            bootstrap.delta_interval(runs, other, langs, keys)
-    return bootstrap.average_interval(parts) if parts else None
+    return bootstrap.average_interval(parts) if parts else None  # one task: its own interval
 
 
 def significance(delta: float, std_variant: float, std_baseline: float) -> bool | None:
@@ -597,8 +592,8 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
                    scope: str = ALL) -> Table:
     """Rows = every model of the tree (default ``tree.variants``: the pre-trained variants, then the
     baselines), columns = the nine tasks and Avg: "mean ± std (Δ)", each the score over ``scope``'s
-    languages (:data:`SCOPES`: all, English or the non-English mean; "n/a" where a task has no such
-    language, as retrieval has no English test set).
+    languages (:data:`ALL`, :data:`ENGLISH` or the :data:`NON_ENGLISH` mean; "n/a" where a task has
+    no such language, as retrieval has no English test set).
 
     Δ = row mean − reference mean (full precision), against ``baseline`` (mlm) and then against
     each baseline of the tree (the starting model), separated by ";" in the cell; with per-example
