@@ -205,7 +205,7 @@ def test_retrieval_by_layer_and_sweeps_loaded(tree):
 
 def test_outputs_written(full_report):
     out = full_report.out_dir
-    for name in ("main", "ablation", "cost", "per_language_xnli", "per_language_tatoeba"):
+    for name in ("transfer", "main", "ablation_en", "ablation", "cost", "per_language_xnli", "per_language_tatoeba"):
         for ext in ("csv", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
     tex = (out / "tables" / "main.tex").read_text(encoding="utf-8")
@@ -222,6 +222,10 @@ def test_outputs_written(full_report):
     assert (out / "missing.txt").read_text(encoding="utf-8") == ""
     html = full_report.html.read_text(encoding="utf-8")
     assert 'id="table-main"' in html and "mBERT (reported)" in html
+    # the headline first: the cross-lingual table, then the main table, English, all languages
+    order = [html.index(f'id="{anchor}"') for anchor in ("transfer-table", "main-table", "ablation-en-table",
+                                                          "ablation-table")]
+    assert order == sorted(order)
     assert html.count('src="data:image/png;base64,') == 6
     assert external_references(html) == []
     assert "http://" not in html and "https://" not in html

@@ -844,8 +844,6 @@ def _keep_unbuilt(manifest: dict, previous_path: Path, tasks: Sequence[str]) -> 
         return manifest
     previous = json.loads(previous_path.read_text(encoding="utf-8"))
     built = set(tasks)
-    if "squad" in built:  # built with the QA tasks it trains
-        built |= set(QA_TASKS)
     for task, langs in previous.get("test_languages", {}).items():
         if task not in built:
             manifest["test_languages"][task] = langs
