@@ -68,6 +68,14 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def _is_python(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+            return handle.read().startswith("python")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants (``/proc/PID/task/TID/children``)."""
     found, todo = [], [pid]
@@ -100,7 +108,9 @@ class TreeMemory:
         while not self._stop.is_set():
             sizes = {pid: _status_kb(pid, "VmRSS") for pid in _tree(me)}
             self.tree_peak_kb = max(self.tree_peak_kb, sum(sizes.values()))
-            self.worker_peak_kb = max([self.worker_peak_kb, *(kb for pid, kb in sizes.items() if pid != me)])
+            # workers are the Python children; a short-lived helper (git, for the provenance) is none
+            self.worker_peak_kb = max([self.worker_peak_kb, *(kb for pid, kb in sizes.items()
+                                                              if pid != me and _is_python(pid))])
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "TreeMemory":
