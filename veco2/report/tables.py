@@ -581,10 +581,16 @@ def significance(delta: float, std_variant: float, std_baseline: float) -> bool 
     return abs(delta) >= max(stds)
 
 
-ABLATION_TABLES = {  # name, scope, title: the cross-lingual table first, the method's claim
-    "transfer": (NON_ENGLISH, "Cross-lingual transfer: the non-English mean of each task"),
-    "ablation_en": (ENGLISH, "English (the fine-tuning language)"),
-    "ablation": (ALL, "Ablation of the alignment objectives, all languages"),
+#: scope -> (table name, title, what its cells are): the cross-lingual table first, the method's claim.
+ABLATION_TABLES = {
+    NON_ENGLISH: ("transfer", "Cross-lingual transfer: the non-English mean of each task",
+                  "Mean over each task's non-English test languages: zero-shot cross-lingual transfer, what "
+                  "the alignment objectives are meant to improve; Avg = mean over the nine tasks."),
+    ENGLISH: ("ablation_en", "English (the fine-tuning language)",
+              f"English test sets only (the fine-tuning language); Avg = mean over the tasks with an English "
+              f"test set; {NOT_APPLICABLE} = the task has none (retrieval pairs every language with English)."),
+    ALL: ("ablation", "Ablation of the alignment objectives, all languages",
+          "Scores over all test languages, English included (the XTREME convention); Avg = the XTREME score."),
 }
 
 
@@ -607,7 +613,7 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
     variants = list(tree.variants if variants is None else variants)
     baseline = baseline or tree.reference
     references = [baseline] + [b for b in tree.baselines if b != baseline]
-    name, title = next(((n, t) for n, (sc, t) in ABLATION_TABLES.items() if sc == scope), (None, None))
+    name, title, scope_note = ABLATION_TABLES[scope]
     columns = [(task, TASK_LABELS[task]) for task in TASKS] + [(None, AVERAGE)]
     num_rows, disp_rows = [], []
     for variant in variants:
@@ -642,14 +648,6 @@ def ablation_table(tree: ResultsTree, *, decimals: int = 1, variants=None, basel
         num_rows.append(num)
         disp_rows.append(disp)
     against = " and ".join(references)
-    scope_note = {ALL: "Scores over all test languages, English included (the XTREME convention); Avg = the "
-                       "XTREME score.",
-                  ENGLISH: f"English test sets only (the fine-tuning language); Avg = mean over the tasks with an "
-                           f"English test set; {NOT_APPLICABLE} = the task has none (retrieval pairs every "
-                           "language with English).",
-                  NON_ENGLISH: "Mean over each task's non-English test languages: zero-shot cross-lingual "
-                               "transfer, what the alignment objectives are meant to improve; Avg = mean over "
-                               "the nine tasks."}[scope]
     notes = [f"{scope_note} mean ± std over seeds (Δ = row − {'; row − '.join(references)}). {bootstrap.note()} "
              "Where a run has no per-example rows (results written before veco2 recorded them): n.s. = |Δ| "
              "is smaller than the larger seed std of the two rows, a noise screen, not a test; ?: single "
@@ -811,8 +809,9 @@ def probe_table(tree: ResultsTree, *, decimals: int = 1) -> Table:
 
 
 def build_tables(tree: ResultsTree, *, decimals: int = 1) -> list[Table]:
-    """Every table of the report: main, ablation, cost, probes, then one per-language table per task present."""
-    ablations = [ablation_table(tree, decimals=decimals, scope=scope) for scope, _ in ABLATION_TABLES.values()]
+    """Every table of the report: transfer (non-English), main, English, all-language ablation, cost,
+    probes, then one per-language table per task present."""
+    ablations = [ablation_table(tree, decimals=decimals, scope=scope) for scope in ABLATION_TABLES]
     tables = [ablations[0], main_table(tree, decimals=decimals), *ablations[1:], cost_table(tree),
               probe_table(tree, decimals=decimals)]
     tables += [per_language_table(tree, task, decimals=decimals) for task in TASKS if task in tree.languages]

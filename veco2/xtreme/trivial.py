@@ -34,14 +34,17 @@ from .results import RunResult, check_statistics, write_example_statistics
 TRIVIAL = aggregate.TRIVIAL
 
 
+def _most_frequent(values) -> str:
+    counts = collections.Counter(values)
+    return min(counts, key=lambda value: (-counts[value], value))  # ties: alphabetical, reproducible
+
+
 def _majority_label(train: list[dict]) -> str:
-    counts = collections.Counter(e["label"] for e in train if e["label"] is not None)
-    return min(counts, key=lambda label: (-counts[label], label))  # ties: alphabetical, reproducible
+    return _most_frequent(e["label"] for e in train if e["label"] is not None)
 
 
 def _most_frequent_tag(train: list[dict]) -> str:
-    counts = collections.Counter(tag for example in train for tag in example["tags"])
-    return min(counts, key=lambda tag: (-counts[tag], tag))  # ties: alphabetical, reproducible
+    return _most_frequent(tag for example in train for tag in example["tags"])
 
 
 def _answer_words(train: list[dict]) -> int:
